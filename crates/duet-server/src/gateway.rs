@@ -1,0 +1,382 @@
+//! The client WebSocket gateway: one task per connection, JSON text frames
+//! (see `docs/protocol.md`). It parses frames, calls the services, and writes
+//! answers and live deliveries back. Errors are mapped to codes here, once.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use duet_proto::{ClientFrame, PROTOCOL_VERSION, ServerFrame, codes, limits, parse_client_frame};
+use duet_store::SenderCopy;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::error::ServiceError;
+use crate::hub::{DeviceHandle, Outbound};
+use crate::service::{SendRequest, Services, frame_text};
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Reply = Pin<Box<dyn Future<Output = Vec<ServerFrame>> + Send>>;
+
+fn error_frame(req_id: Option<u64>, code: u32, info: impl Into<String>) -> ServerFrame {
+    ServerFrame::Error {
+        req_id,
+        code,
+        info: info.into(),
+    }
+}
+
+fn service_error(req_id: u64, e: &ServiceError) -> ServerFrame {
+    error_frame(Some(req_id), e.code(), e.to_string())
+}
+
+struct Session {
+    user: Arc<str>,
+    conn_id: u64,
+}
+
+/// Serves one upgraded WebSocket until it closes, the device is kicked, it
+/// idles past the heartbeat timeout, or the server shuts down.
+pub async fn serve_socket(
+    mut ws: WebSocket,
+    services: Arc<Services>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let cfg = services.config();
+    let idle = cfg.heartbeat_timeout;
+    let (tx, mut rx) = mpsc::channel::<Outbound>(cfg.outbound_queue);
+    let kill = Arc::new(Notify::new());
+    let mut session: Option<Session> = None;
+    let mut inflight: FuturesUnordered<Reply> = FuturesUnordered::new();
+    let max_inflight = cfg.max_inflight_per_connection;
+    let mut deadline = Instant::now() + idle;
+    let mut close_reason: Option<(u16, &'static str)> = None;
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                close_reason = Some((1001, "server shutting down"));
+                break;
+            }
+            _ = kill.notified() => {
+                close_reason = Some((1008, "too slow: resync on reconnect"));
+                break;
+            }
+            Some(out) = rx.recv() => {
+                match out {
+                    Outbound::Frame(t) => {
+                        if !send_text(&mut ws, t).await { break; }
+                    }
+                    Outbound::Kick(t) => {
+                        let _ = send_text(&mut ws, t).await;
+                        close_reason = Some((1000, "kicked offline"));
+                        session = None; // the hub already dropped it
+                        break;
+                    }
+                }
+            }
+            Some(frames) = inflight.next(), if !inflight.is_empty() => {
+                if !send_frames(&mut ws, frames).await { break; }
+            }
+            msg = ws.recv(), if inflight.len() < max_inflight => {
+                let Some(Ok(msg)) = msg else { break };
+                deadline = Instant::now() + idle;
+                let text = match msg {
+                    WsMessage::Text(t) => t,
+                    WsMessage::Binary(_) => {
+                        let f = error_frame(None, codes::BAD_JSON, "binary frames are not supported; send JSON text frames");
+                        if !send_frames(&mut ws, vec![f]).await { break; }
+                        continue;
+                    }
+                    WsMessage::Close(_) => break,
+                    WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                };
+                let frame = match parse_client_frame(text.as_str()) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let f = error_frame(e.req_id(), e.code(), e.to_string());
+                        if !send_frames(&mut ws, vec![f]).await { break; }
+                        continue;
+                    }
+                };
+                match &session {
+                    None => {
+                        let (frames, s) = login(&services, frame, &tx, &kill).await;
+                        session = s;
+                        if !send_frames(&mut ws, frames).await { break; }
+                    }
+                    Some(s) => {
+                        if let ClientFrame::Logout { req_id } = frame {
+                            services.hub().unregister(&s.user, s.conn_id);
+                            session = None;
+                            let _ = send_frames(&mut ws, vec![ServerFrame::Ok { req_id }]).await;
+                            close_reason = Some((1000, "logged out"));
+                            break;
+                        }
+                        inflight.push(handle(services.clone(), s.user.clone(), s.conn_id, frame));
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => {
+                close_reason = Some((1000, "heartbeat timeout"));
+                break;
+            }
+        }
+    }
+
+    if let Some(s) = &session {
+        services.hub().unregister(&s.user, s.conn_id);
+    }
+    // Finish requests already taken (their commits are in flight), then close.
+    while let Some(frames) = inflight.next().await {
+        if !send_frames(&mut ws, frames).await {
+            break;
+        }
+    }
+    if let Some((code, reason)) = close_reason {
+        let _ = timeout(
+            WRITE_TIMEOUT,
+            ws.send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }))),
+        )
+        .await;
+    }
+}
+
+async fn send_text(ws: &mut WebSocket, t: Utf8Bytes) -> bool {
+    matches!(
+        timeout(WRITE_TIMEOUT, ws.send(WsMessage::Text(t))).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn send_frames(ws: &mut WebSocket, frames: Vec<ServerFrame>) -> bool {
+    let n = frames.len();
+    for (i, f) in frames.into_iter().enumerate() {
+        let msg = WsMessage::Text(frame_text(&f));
+        // Batch the writes of a multi-frame answer; flush at the end.
+        let r = if i + 1 < n {
+            timeout(WRITE_TIMEOUT, ws.feed(msg)).await
+        } else {
+            timeout(WRITE_TIMEOUT, ws.send(msg)).await
+        };
+        if !matches!(r, Ok(Ok(()))) {
+            return false;
+        }
+    }
+    true
+}
+
+async fn login(
+    services: &Arc<Services>,
+    frame: ClientFrame,
+    tx: &mpsc::Sender<Outbound>,
+    kill: &Arc<Notify>,
+) -> (Vec<ServerFrame>, Option<Session>) {
+    let ClientFrame::Login {
+        req_id,
+        user_id,
+        user_sig,
+        device_id,
+        platform,
+        ..
+    } = frame
+    else {
+        let f = error_frame(
+            Some(frame.req_id()),
+            codes::NOT_LOGGED_IN,
+            "not logged in: send a login frame first",
+        );
+        return (vec![f], None);
+    };
+    let metrics = services.metrics();
+    if device_id.is_empty() || device_id.len() > limits::MAX_DEVICE_ID_BYTES {
+        metrics
+            .login_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let f = error_frame(
+            Some(req_id),
+            codes::BAD_PARAMS,
+            format!(
+                "device_id must be 1 to {} bytes",
+                limits::MAX_DEVICE_ID_BYTES
+            ),
+        );
+        return (vec![f], None);
+    }
+    if metrics
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        >= services.config().max_connections as u64
+    {
+        let f = error_frame(
+            Some(req_id),
+            codes::UNAVAILABLE,
+            "server is at its connection limit",
+        );
+        return (vec![f], None);
+    }
+    if let Err(e) = services.authenticate(&user_id, &user_sig).await {
+        metrics
+            .login_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return (vec![service_error(req_id, &e)], None);
+    }
+    let head = match services.store().head(&user_id).await {
+        Ok(h) => h,
+        Err(e) => return (vec![service_error(req_id, &e.into())], None),
+    };
+    let user: Arc<str> = user_id.as_str().into();
+    let conn_id = services.hub().next_conn_id();
+    let platform = if platform.is_empty() {
+        "Unknown".to_string()
+    } else {
+        platform.chars().take(16).collect()
+    };
+    let kick = frame_text(&ServerFrame::KickedOffline {
+        code: codes::KICKED_OFFLINE,
+        reason: format!("logged in on another device ({platform})"),
+    });
+    services.hub().register(
+        &user,
+        DeviceHandle {
+            conn_id,
+            device_id,
+            platform,
+            tx: tx.clone(),
+            kill: kill.clone(),
+        },
+        &kick,
+    );
+    metrics
+        .logins
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ok = ServerFrame::LoginOk {
+        req_id,
+        user_id,
+        epoch: services.store().epoch().to_string(),
+        head,
+        server_time: services.clock().now_ms(),
+        protocol_version: PROTOCOL_VERSION,
+        heartbeat_timeout: services.config().heartbeat_timeout.as_secs(),
+    };
+    (vec![ok], Some(Session { user, conn_id }))
+}
+
+fn handle(services: Arc<Services>, user: Arc<str>, conn_id: u64, frame: ClientFrame) -> Reply {
+    Box::pin(async move {
+        let req_id = frame.req_id();
+        let r: Result<Vec<ServerFrame>, ServiceError> = async {
+            Ok(match frame {
+                ClientFrame::Login { .. } => vec![error_frame(
+                    Some(req_id),
+                    codes::BAD_PARAMS,
+                    "already logged in on this connection",
+                )],
+                ClientFrame::Ping { .. } => vec![ServerFrame::Pong {
+                    req_id,
+                    server_time: services.clock().now_ms(),
+                }],
+                ClientFrame::Send {
+                    to,
+                    body,
+                    msg_random,
+                    msg_seq,
+                    cloud_custom_data,
+                    online_only,
+                    no_unread,
+                    no_last_msg,
+                    ..
+                } => {
+                    let req = SendRequest {
+                        to,
+                        body,
+                        msg_random,
+                        msg_seq,
+                        cloud_custom_data,
+                        online_only,
+                        no_unread,
+                        no_last_msg,
+                        sender_copy: SenderCopy::Timeline,
+                    };
+                    let r = services.send(&user, req, Some(conn_id)).await?;
+                    vec![ServerFrame::SendAck {
+                        req_id,
+                        msg_key: r.message.msg_key,
+                        msg_time: r.message.msg_time,
+                        msg_seq: r.message.msg_seq,
+                        msg_random: r.message.msg_random,
+                        entry: r.sender_entry,
+                        duplicate: r.duplicate,
+                    }]
+                }
+                ClientFrame::Sync { after, .. } => {
+                    let (entries, cursor) = services.sync(&user, after).await?;
+                    let batch = services.config().sync_batch.max(1);
+                    let mut frames: Vec<ServerFrame> =
+                        Vec::with_capacity(entries.len() / batch + 2);
+                    let mut it = entries.into_iter().peekable();
+                    while it.peek().is_some() {
+                        frames.push(ServerFrame::SyncBatch {
+                            req_id,
+                            entries: it.by_ref().take(batch).collect(),
+                        });
+                    }
+                    frames.push(ServerFrame::SyncFinished {
+                        req_id,
+                        cursor,
+                        epoch: services.store().epoch().to_string(),
+                    });
+                    frames
+                }
+                ClientFrame::History {
+                    peer,
+                    before,
+                    count,
+                    ..
+                } => {
+                    let (messages, complete) =
+                        services.history(&user, &peer, before, count).await?;
+                    vec![ServerFrame::HistoryPage {
+                        req_id,
+                        peer,
+                        messages,
+                        complete,
+                    }]
+                }
+                ClientFrame::Conversations { cursor, count, .. } => {
+                    let (conversations, next) =
+                        services.conversations(&user, cursor, count).await?;
+                    vec![ServerFrame::ConversationPage {
+                        req_id,
+                        conversations,
+                        next_cursor: next.unwrap_or(0),
+                        complete: next.is_none(),
+                    }]
+                }
+                ClientFrame::MarkRead { peer, .. } => {
+                    services.mark_read(&user, &peer).await?;
+                    vec![ServerFrame::Ok { req_id }]
+                }
+                ClientFrame::Recall { msg_key, .. } => {
+                    services.recall(&user, &msg_key).await?;
+                    vec![ServerFrame::Ok { req_id }]
+                }
+                ClientFrame::SetProfile { nick, face_url, .. } => {
+                    services.set_profile(&user, nick, face_url).await?;
+                    vec![ServerFrame::Ok { req_id }]
+                }
+                ClientFrame::Logout { .. } => vec![ServerFrame::Ok { req_id }],
+            })
+        }
+        .await;
+        r.unwrap_or_else(|e| vec![service_error(req_id, &e)])
+    })
+}

@@ -1,0 +1,184 @@
+//! The Duet server: services, connection hub, WebSocket gateway and the
+//! HTTP edge (`/ws`, `/healthz`, `/metrics`), on one port.
+//!
+//! Layering (Law 8): [`gateway`] (transport) → [`service`] → `duet_store::Store`.
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod hub;
+pub mod metrics;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use duet_proto::limits;
+use duet_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::ServerConfig;
+pub use error::ServiceError;
+pub use metrics::Metrics;
+pub use service::{SendRequest, SendResult, Services};
+
+#[derive(Clone)]
+struct AppState {
+    services: Arc<Services>,
+    shutdown: watch::Receiver<bool>,
+    ready: Arc<AtomicBool>,
+    /// Each connection task holds a clone; shutdown waits for all to drop.
+    conns: mpsc::Sender<()>,
+}
+
+/// A running server.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    services: Arc<Services>,
+    shutdown_tx: watch::Sender<bool>,
+    ready: Arc<AtomicBool>,
+    http: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+    conns_rx: mpsc::Receiver<()>,
+}
+
+impl ServerHandle {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The services (tests and the binary use them directly).
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// Graceful shutdown: stop accepting, let connections finish the requests
+    /// they took (their commits complete), close them, stop background work.
+    /// The caller closes the store afterwards.
+    pub async fn shutdown(mut self) {
+        self.ready.store(false, Ordering::SeqCst);
+        let _ = self.shutdown_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.conns_rx.recv()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.http).await;
+        self.sweeper.abort();
+    }
+}
+
+/// Starts the server on `config.listen` with `store`.
+pub async fn start(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<ServerHandle> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let config = Arc::new(config);
+    let hub = Arc::new(hub::Hub::new(
+        metrics.clone(),
+        config.max_devices_per_platform,
+    ));
+    let services = Arc::new(Services::new(store, hub, clock, config.clone(), metrics));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (conns_tx, conns_rx) = mpsc::channel(1);
+    let ready = Arc::new(AtomicBool::new(true));
+    let state = AppState {
+        services: services.clone(),
+        shutdown: shutdown_rx.clone(),
+        ready: ready.clone(),
+        conns: conns_tx,
+    };
+    let app = Router::new()
+        .route("/ws", get(ws_upgrade))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .with_state(state);
+    let mut graceful = shutdown_rx.clone();
+    let http = tokio::spawn(async move {
+        let r = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = graceful.changed().await;
+        })
+        .await;
+        if let Err(e) = r {
+            tracing::error!("http server failed: {e}");
+        }
+    });
+    let sweeper = tokio::spawn(sweep_loop(services.clone(), shutdown_rx));
+    Ok(ServerHandle {
+        addr,
+        services,
+        shutdown_tx,
+        ready,
+        http,
+        sweeper,
+        conns_rx,
+    })
+}
+
+async fn sweep_loop(services: Arc<Services>, mut shutdown: watch::Receiver<bool>) {
+    let interval = services.config().sweep_interval;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match services.sweep_once().await {
+            Ok(r) if r.total() > 0 => tracing::info!(
+                entries = r.entries,
+                messages = r.messages,
+                conversations = r.conversations,
+                "retention sweep"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("retention sweep failed: {e}"),
+        }
+    }
+}
+
+async fn ws_upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    if *state.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let buf = state.services.config().ws_buffer;
+    ws.read_buffer_size(buf)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limits::MAX_FRAME_BYTES * 64)
+        .max_message_size(limits::MAX_FRAME_BYTES)
+        .max_frame_size(limits::MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            let _guard = state.conns.clone();
+            gateway::serve_socket(socket, state.services.clone(), state.shutdown.clone()).await;
+        })
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.services.metrics().render(),
+    )
+        .into_response()
+}

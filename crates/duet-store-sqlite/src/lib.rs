@@ -1,0 +1,325 @@
+//! The embedded SQLite backend of the Duet [`Store`].
+//!
+//! - **Durable before ack (Law 1).** The database runs in WAL mode with
+//!   `synchronous=FULL`: every commit is fsynced. All writes go through one
+//!   writer thread that commits them in groups (one fsync per batch) and
+//!   answers each caller only after its batch committed.
+//! - **Atomic writes (Law 7).** Each write runs inside its own savepoint of the
+//!   batch: a failing write (an unknown recipient, say) leaves no trace and does
+//!   not affect the other writes of its batch.
+//! - **Gap-free timelines (Law 3).** Entry numbers come from `accounts.head`,
+//!   incremented inside the writing transaction; they are never reused.
+//! - **Reads** run on a small pool of read-only connections on tokio's blocking
+//!   threads; WAL lets them proceed while the writer commits.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), duet_store::StoreError> {
+//! use duet_store::Store;
+//! use duet_store_sqlite::{SqliteOptions, SqliteStore};
+//!
+//! let store = SqliteStore::open(SqliteOptions::new("/var/lib/duet/duet.db"))?;
+//! store.ensure_account("alice", 1_700_000_000_000).await?;
+//! store.close();
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+mod reads;
+mod rows;
+mod schema;
+mod writer;
+mod writes;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use duet_proto::{Conversation, Entry, HistoryItem};
+use duet_store::{
+    Account, NewMessage, ReadOutcome, RecallOutcome, RecallRequest, SendOutcome, Store, StoreError,
+    StoreResult, SweepReport,
+};
+use rusqlite::Connection;
+use tokio::sync::Semaphore;
+
+use crate::writer::Writer;
+
+/// Unread counts stop at this many messages per conversation.
+const UNREAD_CAP: i64 = 250;
+/// Writes that may wait for the writer at once; further writers wait their turn.
+const WRITE_QUEUE: usize = 8192;
+
+/// Maps a SQLite error to [`StoreError::Backend`].
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Told about every committed batch of writes (for metrics). Called on the
+/// writer thread with the latency from `BEGIN` to durable `COMMIT`: keep it quick.
+pub use duet_store::CommitObserver;
+
+/// How to open a [`SqliteStore`].
+#[derive(Clone)]
+pub struct SqliteOptions {
+    /// The database file (created if missing, with its `-wal` and `-shm` companions).
+    pub path: PathBuf,
+    /// Reader connections (default 4); at most this many reads run at once.
+    pub readers: usize,
+    /// Most writes committed in one transaction (default 512).
+    pub max_batch: usize,
+    /// Told about each committed batch.
+    pub observer: Option<Arc<dyn CommitObserver>>,
+}
+
+impl SqliteOptions {
+    /// Default options for the database at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteOptions {
+            path: path.into(),
+            readers: 4,
+            max_batch: 512,
+            observer: None,
+        }
+    }
+}
+
+impl fmt::Debug for SqliteOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteOptions")
+            .field("path", &self.path)
+            .field("readers", &self.readers)
+            .field("max_batch", &self.max_batch)
+            .field("observer", &self.observer.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// The reader pool: idle connections, and permits bounding concurrent reads.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Readers {
+    fn take(&self) -> StoreResult<Connection> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            // Only after a read panicked and lost its connection.
+            None => schema::open_reader(&self.path),
+        }
+    }
+
+    fn put(&self, conn: Connection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+    }
+}
+
+/// The SQLite store. Must be used from within a tokio runtime (reads run on
+/// its blocking threads). Dropping it closes it (see [`SqliteStore::close`]).
+pub struct SqliteStore {
+    epoch: String,
+    writer: Writer,
+    readers: Arc<Readers>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.readers.path)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database, applies pending migrations and
+    /// starts the writer thread.
+    pub fn open(opts: SqliteOptions) -> Result<Self, StoreError> {
+        let mut conn = schema::open_writer(&opts.path)?;
+        let epoch = schema::migrate(&mut conn)?;
+        let readers = opts.readers.max(1);
+        let idle = (0..readers)
+            .map(|_| schema::open_reader(&opts.path))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let writer = Writer::start(conn, WRITE_QUEUE, opts.max_batch, opts.observer)?;
+        tracing::info!(path = %opts.path.display(), %epoch, "sqlite store opened");
+        Ok(SqliteStore {
+            epoch,
+            writer,
+            readers: Arc::new(Readers {
+                path: opts.path,
+                idle: Mutex::new(idle),
+                permits: Arc::new(Semaphore::new(readers)),
+            }),
+        })
+    }
+
+    /// Stops accepting writes (they fail with [`StoreError::Closed`]), lets the
+    /// writer commit every write already queued, and waits for its thread to
+    /// end. Idempotent. Blocks the calling thread until the writer is done;
+    /// reads keep working.
+    pub fn close(&self) {
+        self.writer.close();
+    }
+
+    /// Runs `f` on the writer connection in the next batch; returns its result
+    /// once the batch is durably committed. If `f` fails, nothing it wrote is kept.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.writer.write(f).await
+    }
+
+    /// Runs `f` on a reader connection on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.readers.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take()?;
+            let out = f(&conn);
+            readers.put(conn);
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    async fn ensure_account(&self, user: &str, now_ms: u64) -> StoreResult<Account> {
+        // Accounts are never deleted: an existing one needs no write.
+        let u = user.to_owned();
+        if let Some(account) = self.read(move |c| writes::account(c, &u)).await? {
+            return Ok(account);
+        }
+        let u = user.to_owned();
+        self.write(move |c| writes::ensure_account(c, &u, now_ms))
+            .await
+    }
+
+    async fn account(&self, user: &str) -> StoreResult<Option<Account>> {
+        let user = user.to_owned();
+        self.read(move |c| writes::account(c, &user)).await
+    }
+
+    async fn set_profile(
+        &self,
+        user: &str,
+        nick: Option<String>,
+        face_url: Option<String>,
+        now_ms: u64,
+    ) -> StoreResult<Account> {
+        let user = user.to_owned();
+        self.write(move |c| {
+            writes::set_profile(c, &user, nick.as_deref(), face_url.as_deref(), now_ms)
+        })
+        .await
+    }
+
+    async fn send(&self, msg: NewMessage) -> StoreResult<SendOutcome> {
+        self.write(move |c| writes::send(c, msg)).await
+    }
+
+    async fn head(&self, user: &str) -> StoreResult<u64> {
+        let user = user.to_owned();
+        self.read(move |c| reads::head(c, &user)).await
+    }
+
+    async fn sync(
+        &self,
+        user: &str,
+        after: u64,
+        upto: u64,
+        per_conversation: u32,
+    ) -> StoreResult<Vec<Entry>> {
+        if upto <= after {
+            return Ok(Vec::new());
+        }
+        let user = user.to_owned();
+        self.read(move |c| reads::sync(c, &user, after, upto, per_conversation))
+            .await
+    }
+
+    async fn history(
+        &self,
+        user: &str,
+        peer: &str,
+        before: Option<u64>,
+        count: u32,
+    ) -> StoreResult<Vec<HistoryItem>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let (user, peer) = (user.to_owned(), peer.to_owned());
+        self.read(move |c| reads::history(c, &user, &peer, before, count))
+            .await
+    }
+
+    async fn conversations(
+        &self,
+        user: &str,
+        offset: u32,
+        count: u32,
+    ) -> StoreResult<Vec<Conversation>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let user = user.to_owned();
+        self.read(move |c| reads::conversations(c, &user, offset, count))
+            .await
+    }
+
+    async fn mark_read(
+        &self,
+        user: &str,
+        peer: &str,
+        read_time: u64,
+        now_ms: u64,
+    ) -> StoreResult<ReadOutcome> {
+        let (user, peer) = (user.to_owned(), peer.to_owned());
+        self.write(move |c| writes::mark_read(c, &user, &peer, read_time, now_ms))
+            .await
+    }
+
+    async fn recall(&self, req: RecallRequest) -> StoreResult<RecallOutcome> {
+        self.write(move |c| writes::recall(c, req)).await
+    }
+
+    async fn sweep(&self, cutoff_ms: u64, chunk: u32) -> StoreResult<SweepReport> {
+        self.write(move |c| writes::sweep(c, cutoff_ms, chunk))
+            .await
+    }
+}

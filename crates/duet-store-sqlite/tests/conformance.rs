@@ -1,0 +1,302 @@
+//! The store conformance suite, plus SQLite-specific checks.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use duet_proto::MsgElem;
+use duet_store::conformance::{self, StoreFactory};
+use duet_store::{NewMessage, SendOutcome, SenderCopy, Store, StoreError};
+use duet_store_sqlite::{CommitObserver, SqliteOptions, SqliteStore};
+use tempfile::TempDir;
+
+/// Makes each store in its own temporary directory, kept until the factory drops.
+#[derive(Default)]
+struct Factory {
+    dirs: Mutex<Vec<TempDir>>,
+}
+
+#[async_trait::async_trait]
+impl StoreFactory for Factory {
+    async fn fresh(&self) -> Box<dyn Store> {
+        let dir = TempDir::new().expect("temp dir");
+        let store = SqliteStore::open(SqliteOptions::new(dir.path().join("duet.db")))
+            .expect("open sqlite store");
+        self.dirs.lock().expect("dirs").push(dir);
+        Box::new(store)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite() {
+    conformance::run_all(&Factory::default()).await;
+}
+
+/// The suite also passes on a current-thread runtime (reads use spawn_blocking).
+#[tokio::test]
+async fn conformance_concurrency_current_thread() {
+    let factory = Factory::default();
+    conformance::concurrent_sends_gap_free(&*factory.fresh().await).await;
+    conformance::sync_cuts_per_conversation(&*factory.fresh().await).await;
+}
+
+fn text(from: &str, to: &str, seq: u32, now_ms: u64) -> NewMessage {
+    let body = vec![MsgElem::text(format!("{from}->{to} #{seq}"))];
+    NewMessage {
+        from: from.into(),
+        to: to.into(),
+        msg_seq: seq,
+        msg_random: seq ^ 0xabcd,
+        msg_time: now_ms / 1000,
+        body_json: serde_json::to_string(&body).expect("json"),
+        body,
+        cloud_custom_data: String::new(),
+        sender_copy: SenderCopy::Timeline,
+        no_unread: false,
+        no_last_msg: false,
+        now_ms,
+    }
+}
+
+const T: u64 = 1_700_000_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_close_and_reopen() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("duet.db");
+    let (epoch, heads, sent) = {
+        let store = SqliteStore::open(SqliteOptions::new(&path)).expect("open");
+        for u in ["alice", "bob"] {
+            store.ensure_account(u, T).await.expect("account");
+        }
+        store
+            .set_profile("alice", Some("Al".into()), None, T)
+            .await
+            .expect("profile");
+        let mut sent = Vec::new();
+        for i in 0..10 {
+            let (from, to) = if i % 2 == 0 {
+                ("alice", "bob")
+            } else {
+                ("bob", "alice")
+            };
+            let out = store
+                .send(text(from, to, i, T + u64::from(i) * 1000))
+                .await
+                .expect("send");
+            sent.push(out.message().clone());
+        }
+        store
+            .mark_read("bob", "alice", T / 1000 + 20, T + 20_000)
+            .await
+            .expect("read");
+        let heads = (
+            store.head("alice").await.expect("head"),
+            store.head("bob").await.expect("head"),
+        );
+        let epoch = store.epoch().to_owned();
+        store.close();
+        store.close(); // idempotent
+        assert_eq!(
+            store.send(text("alice", "bob", 99, T)).await,
+            Err(StoreError::Closed),
+            "writes after close fail with Closed"
+        );
+        assert_eq!(
+            store.head("alice").await,
+            Ok(heads.0),
+            "reads still work after close"
+        );
+        (epoch, heads, sent)
+    };
+
+    let store = SqliteStore::open(SqliteOptions::new(&path)).expect("reopen");
+    assert_eq!(store.epoch(), epoch, "the epoch survives a reopen");
+    assert_eq!(
+        store.head("alice").await.expect("head"),
+        heads.0,
+        "alice's head survives"
+    );
+    assert_eq!(
+        store.head("bob").await.expect("head"),
+        heads.1,
+        "bob's head survives"
+    );
+    let alice = store
+        .account("alice")
+        .await
+        .expect("account")
+        .expect("alice exists");
+    assert_eq!(alice.nick, "Al", "profiles survive");
+    let history = store
+        .history("alice", "bob", None, 100)
+        .await
+        .expect("history");
+    let mut got: Vec<_> = history.into_iter().map(|i| i.message).collect();
+    got.reverse();
+    assert_eq!(got, sent, "messages survive");
+    let conv = store
+        .conversations("alice", 0, 10)
+        .await
+        .expect("conversations");
+    assert_eq!(conv.len(), 1);
+    assert_eq!(
+        conv[0].peer_read_time,
+        T / 1000 + 20,
+        "read positions survive"
+    );
+    // Numbering continues and duplicates are still recognised.
+    match store
+        .send(text("alice", "bob", 0, T + 99_000))
+        .await
+        .expect("retry")
+    {
+        SendOutcome::Duplicate { message, .. } => assert_eq!(message, sent[0]),
+        other => panic!("a retry after reopen must be a duplicate, got {other:?}"),
+    }
+    let out = store
+        .send(text("alice", "bob", 100, T + 100_000))
+        .await
+        .expect("send");
+    match out {
+        SendOutcome::Stored {
+            recipient_entry,
+            sender_entry,
+            ..
+        } => {
+            assert_eq!(recipient_entry.seq, heads.1 + 1);
+            assert_eq!(sender_entry.map(|e| e.seq), Some(heads.0 + 1));
+        }
+        other => panic!("expected Stored, got {other:?}"),
+    }
+}
+
+#[derive(Default)]
+struct Counter {
+    batches: AtomicUsize,
+    jobs: AtomicUsize,
+    largest: AtomicUsize,
+}
+
+impl CommitObserver for Counter {
+    fn batch_committed(&self, jobs: usize, _latency: Duration) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.jobs.fetch_add(jobs, Ordering::Relaxed);
+        self.largest.fetch_max(jobs, Ordering::Relaxed);
+    }
+}
+
+/// Concurrent sends, some to unknown users: the failing jobs roll back alone,
+/// the others commit in shared batches, and timelines stay gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_jobs_do_not_spoil_their_batch() {
+    let dir = TempDir::new().expect("temp dir");
+    let counter = Arc::new(Counter::default());
+    let mut opts = SqliteOptions::new(dir.path().join("duet.db"));
+    opts.observer = Some(counter.clone());
+    let store = Arc::new(SqliteStore::open(opts).expect("open"));
+    let users = ["alice", "bob", "carol"];
+    for u in users {
+        store.ensure_account(u, T).await.expect("account");
+    }
+    let before = counter.jobs.load(Ordering::Relaxed);
+
+    const N: u32 = 600;
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let store = Arc::clone(&store);
+        let from = users[i as usize % 3];
+        let to = if i % 5 == 0 {
+            format!("ghost{i}")
+        } else {
+            users[(i as usize + 1) % 3].to_owned()
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = store.send(text(from, &to, i, T + u64::from(i))).await;
+            (to, r)
+        }));
+    }
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for t in tasks {
+        let (to, r) = t.await.expect("task");
+        match r {
+            Ok(SendOutcome::Stored { .. }) => ok += 1,
+            Err(StoreError::UnknownAccount(who)) => {
+                assert_eq!(who, to, "the error names the unknown recipient");
+                failed += 1;
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!(failed, u64::from(N / 5), "every send to a ghost fails");
+    assert_eq!(ok + failed, u64::from(N));
+
+    let mut total = 0;
+    for u in users {
+        let head = store.head(u).await.expect("head");
+        total += head;
+        let entries = store.sync(u, 0, head, u32::MAX).await.expect("sync");
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=head).collect::<Vec<_>>(),
+            "{u}'s timeline is gap-free"
+        );
+    }
+    assert_eq!(
+        total,
+        2 * ok,
+        "each stored send wrote two entries, failed ones none"
+    );
+    for i in (0..N).step_by(5) {
+        assert_eq!(store.head(&format!("ghost{i}")).await, Ok(0));
+        assert_eq!(store.account(&format!("ghost{i}")).await, Ok(None));
+    }
+
+    let batches = counter.batches.load(Ordering::Relaxed);
+    let jobs = counter.jobs.load(Ordering::Relaxed) - before;
+    assert_eq!(jobs, N as usize, "the observer saw every job");
+    assert!(
+        counter.largest.load(Ordering::Relaxed) > 1,
+        "concurrent writes are grouped ({batches} batches for {jobs} jobs)"
+    );
+}
+
+/// `u64::MAX` bounds (clients may send them) are handled, not rejected.
+#[tokio::test]
+async fn huge_bounds_are_clamped() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = SqliteStore::open(SqliteOptions::new(dir.path().join("duet.db"))).expect("open");
+    for u in ["alice", "bob"] {
+        store.ensure_account(u, T).await.expect("account");
+    }
+    store.send(text("alice", "bob", 1, T)).await.expect("send");
+    assert_eq!(
+        store
+            .sync("bob", 0, u64::MAX, 10)
+            .await
+            .expect("sync")
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.sync("bob", 0, u64::MAX, 0).await.expect("sync").len(),
+        0
+    );
+    assert_eq!(
+        store
+            .history("bob", "alice", Some(u64::MAX), u32::MAX)
+            .await
+            .expect("history")
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .conversations("bob", u32::MAX, u32::MAX)
+            .await
+            .expect("conv")
+            .len(),
+        0
+    );
+}

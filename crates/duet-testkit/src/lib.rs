@@ -1,0 +1,268 @@
+//! Test harness: `TestServer::builder().spawn()` starts a real server on
+//! `127.0.0.1:0` with a temp data dir; `server.client("alice").connect()`
+//! logs in a real SDK session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duet_proto::Message;
+use duet_sdk::{Cache, Connection, Event, Push, Session, SessionOptions};
+use duet_server::{Clock, ManualClock, Metrics, ServerConfig, ServerHandle, SystemClock};
+use duet_store_sqlite::{SqliteOptions, SqliteStore};
+use duet_usersig::UserSigKey;
+use tokio::sync::mpsc;
+
+/// The app identity every test server uses.
+pub const SDKAPPID: u64 = 1_400_000_000;
+/// Its secret key.
+pub const SECRET: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
+
+/// How long a test waits for an expected event before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Builds a test server.
+pub struct TestServerBuilder {
+    config: ServerConfig,
+    clock: Option<ManualClock>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestServerBuilder {
+    /// Use this clock (tests that move time).
+    pub fn clock(mut self, c: ManualClock) -> Self {
+        self.clock = Some(c);
+        self
+    }
+    /// Reuse a data dir (restart tests).
+    pub fn data_dir(mut self, d: tempfile::TempDir) -> Self {
+        self.dir = Some(d);
+        self
+    }
+    /// Changes any setting.
+    pub fn config(mut self, f: impl FnOnce(&mut ServerConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+    /// Starts it.
+    pub async fn spawn(self) -> TestServer {
+        let dir = match self.dir {
+            Some(d) => d,
+            None => tempfile::tempdir().expect("temp dir"),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(
+            SqliteStore::open(SqliteOptions::new(dir.path().join("duet.sqlite")))
+                .expect("open store"),
+        );
+        let clock: Arc<dyn Clock> = match &self.clock {
+            Some(c) => Arc::new(c.clone()),
+            None => Arc::new(SystemClock),
+        };
+        let handle = duet_server::start(self.config, store.clone(), clock, metrics)
+            .await
+            .expect("start server");
+        TestServer {
+            handle: Some(handle),
+            store,
+            dir: Some(dir),
+            key: UserSigKey::new(SDKAPPID, SECRET),
+            clock: self.clock,
+        }
+    }
+}
+
+/// A running server.
+pub struct TestServer {
+    handle: Option<ServerHandle>,
+    store: Arc<SqliteStore>,
+    dir: Option<tempfile::TempDir>,
+    key: UserSigKey,
+    clock: Option<ManualClock>,
+}
+
+impl TestServer {
+    /// A builder with test defaults (port 0, the test key).
+    pub fn builder() -> TestServerBuilder {
+        TestServerBuilder {
+            config: ServerConfig::new(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                UserSigKey::new(SDKAPPID, SECRET),
+            ),
+            clock: None,
+            dir: None,
+        }
+    }
+
+    /// Starts one with defaults.
+    pub async fn start() -> TestServer {
+        Self::builder().spawn().await
+    }
+
+    fn handle(&self) -> &ServerHandle {
+        self.handle.as_ref().expect("server running")
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.handle().local_addr())
+    }
+
+    /// The services (to drive sweeps etc. directly).
+    pub fn services(&self) -> &Arc<duet_server::Services> {
+        self.handle().services()
+    }
+
+    /// The manual clock, if the builder was given one.
+    pub fn clock(&self) -> &ManualClock {
+        self.clock
+            .as_ref()
+            .expect("builder was given a ManualClock")
+    }
+
+    /// A UserSig for `user`, issued at the server clock's time.
+    pub fn sig(&self, user: &str) -> String {
+        let now = self.services().clock().now_secs();
+        self.key.issue_at(user, now, 86_400)
+    }
+
+    /// The app key.
+    pub fn key(&self) -> &UserSigKey {
+        &self.key
+    }
+
+    /// Starts building a client.
+    pub fn client(&self, user: &str) -> ClientBuilder<'_> {
+        ClientBuilder {
+            server: self,
+            user: user.into(),
+            device: "dev-1".into(),
+            platform: "Linux".into(),
+            cache: None,
+        }
+    }
+
+    /// A protocol-level connection, not logged in, with its pushes.
+    pub async fn raw(&self) -> (Connection, mpsc::UnboundedReceiver<Push>) {
+        Connection::connect(&self.url()).await.expect("connect")
+    }
+
+    /// A logged-in protocol-level connection.
+    pub async fn login_raw(
+        &self,
+        user: &str,
+        device: &str,
+    ) -> (Connection, mpsc::UnboundedReceiver<Push>) {
+        let (c, p) = self.raw().await;
+        c.login(user, &self.sig(user), device, "Linux")
+            .await
+            .expect("login");
+        (c, p)
+    }
+
+    /// Graceful stop; returns the data dir for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await;
+        }
+        self.store.close();
+        self.dir.take().expect("dir")
+    }
+}
+
+/// Builds a client.
+pub struct ClientBuilder<'a> {
+    server: &'a TestServer,
+    user: String,
+    device: String,
+    platform: String,
+    cache: Option<Cache>,
+}
+
+impl ClientBuilder<'_> {
+    /// Device id.
+    pub fn device(mut self, d: &str) -> Self {
+        self.device = d.into();
+        self
+    }
+    /// Platform.
+    pub fn platform(mut self, p: &str) -> Self {
+        self.platform = p.into();
+        self
+    }
+    /// Keep the cursor in this cache.
+    pub fn cache(mut self, c: Cache) -> Self {
+        self.cache = Some(c);
+        self
+    }
+    /// Logs in and starts the session.
+    pub async fn connect(self) -> TestClient {
+        let (session, events) = Session::start(SessionOptions {
+            server: self.server.url(),
+            user: self.user.clone(),
+            user_sig: self.server.sig(&self.user),
+            device_id: self.device,
+            platform: self.platform,
+            cache: self.cache,
+        })
+        .await
+        .expect("session start");
+        TestClient { session, events }
+    }
+}
+
+/// A logged-in SDK session and its events.
+pub struct TestClient {
+    /// The session.
+    pub session: Session,
+    /// Its events.
+    pub events: mpsc::UnboundedReceiver<Event>,
+}
+
+impl TestClient {
+    /// The next event (fails the test after [`WAIT`]).
+    pub async fn next(&mut self) -> Event {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("timed out waiting for an event")
+            .expect("event channel closed")
+    }
+
+    /// Skips events until `SyncFinished`; returns the messages reported before it.
+    pub async fn until_synced(&mut self) -> Vec<Message> {
+        let mut msgs = Vec::new();
+        loop {
+            match self.next().await {
+                Event::SyncFinished => return msgs,
+                Event::NewMessage(m) => msgs.push(m),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next `NewMessage`, skipping other events.
+    pub async fn next_message(&mut self) -> Message {
+        loop {
+            if let Event::NewMessage(m) = self.next().await {
+                return m;
+            }
+        }
+    }
+
+    /// Waits for an event matching `f`, skipping others.
+    pub async fn wait_for(&mut self, mut f: impl FnMut(&Event) -> bool) -> Event {
+        loop {
+            let e = self.next().await;
+            if f(&e) {
+                return e;
+            }
+        }
+    }
+
+    /// No event arrives within `d`.
+    pub async fn expect_quiet(&mut self, d: Duration) {
+        if let Ok(Some(e)) = tokio::time::timeout(d, self.events.recv()).await {
+            panic!("expected no event, got {e:?}");
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! `duet serve`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use duet_server::{Metrics, SystemClock};
+use duet_store_sqlite::{SqliteOptions, SqliteStore};
+
+use crate::settings::{self, AppFlags};
+
+/// Flags of `duet serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "DUET_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// `sqlite` (default) or a `postgres://` URL.
+    #[arg(long, env = "DUET_STORE")]
+    pub store: Option<String>,
+    /// Cross-node bus: a `nats://` URL (default: none, single node).
+    #[arg(long, env = "DUET_BUS")]
+    pub bus: Option<String>,
+}
+
+struct MetricsObserver(Arc<Metrics>);
+
+impl duet_store::CommitObserver for MetricsObserver {
+    fn batch_committed(&self, jobs: usize, latency: std::time::Duration) {
+        self.0.commit(jobs, latency);
+    }
+}
+
+pub async fn run(app: AppFlags, args: ServeArgs) -> Result<std::process::ExitCode> {
+    let file = settings::load_file(&app)?;
+    let data = settings::data_dir(&app, &file);
+    let store_kind = args
+        .store
+        .or(file.store.clone())
+        .unwrap_or_else(|| "sqlite".into());
+    if store_kind != "sqlite" {
+        bail!(
+            "store {store_kind:?} is not supported by this build yet: use `sqlite` (PostgreSQL arrives with scale-out)"
+        );
+    }
+    if let Some(bus) = args.bus.or(file.bus.clone()) {
+        bail!("bus {bus:?} is not supported by this build yet (NATS arrives with scale-out)");
+    }
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let (key, created) = settings::server_key(&app, &file, &data)?;
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
+    let config = settings::server_config(listen, key.clone(), &file);
+    let metrics = Arc::new(Metrics::default());
+    let store = Arc::new(
+        SqliteStore::open(SqliteOptions {
+            observer: Some(Arc::new(MetricsObserver(metrics.clone()))),
+            ..SqliteOptions::new(data.join("duet.sqlite"))
+        })
+        .with_context(|| format!("opening the store in {}", data.display()))?,
+    );
+    let handle = duet_server::start(config, store.clone(), Arc::new(SystemClock), metrics)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = handle.local_addr();
+    if created {
+        eprintln!(
+            "created a new app identity in {}",
+            data.join("identity.toml").display()
+        );
+    }
+    eprintln!(
+        "duet listening on http://{addr} (SDKAppID {}, data in {})",
+        key.sdkappid(),
+        data.display()
+    );
+    eprintln!("get a UserSig with: duet usersig USER   (client WebSocket: ws://{addr}/ws)");
+    println!("listening on {addr}");
+    shutdown_signal().await;
+    eprintln!("shutting down: finishing in-flight commits");
+    handle.shutdown().await;
+    store.close();
+    eprintln!("stopped");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

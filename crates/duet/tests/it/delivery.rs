@@ -1,0 +1,247 @@
+//! Live delivery, offline sync, multi-device, idempotent retries.
+
+use duet_proto::MsgElem;
+use duet_sdk::{Event, SendOptions};
+use duet_testkit::TestServer;
+
+fn texts(msgs: &[duet_proto::Message]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| m.body[0].as_text().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn live_delivery_reaches_the_recipient() {
+    let server = TestServer::start().await;
+    let mut alice = server.client("alice").connect().await;
+    let mut bob = server.client("bob").connect().await;
+    alice.until_synced().await;
+    bob.until_synced().await;
+    alice
+        .session
+        .connection()
+        .set_profile(Some("Alice".into()), Some("https://img/a.png".into()))
+        .await
+        .unwrap();
+    let ack = alice.session.send_text("bob", "hello bob").await.unwrap();
+    let m = bob.next_message().await;
+    assert_eq!(m.from, "alice");
+    assert_eq!(m.to, "bob");
+    assert_eq!(m.body, vec![MsgElem::text("hello bob")]);
+    assert_eq!(m.msg_key, ack.msg_key);
+    assert_eq!(
+        m.msg_key,
+        format!("{}_{}_{}", ack.msg_seq, ack.msg_random, ack.msg_time)
+    );
+    assert_eq!(
+        m.nick, "Alice",
+        "sender profile snapshot travels with the message"
+    );
+    assert_eq!(m.face_url, "https://img/a.png");
+    // The sender's own device got an ack, not a second copy.
+    alice
+        .expect_quiet(std::time::Duration::from_millis(200))
+        .await;
+}
+
+#[tokio::test]
+async fn offline_messages_arrive_at_login_in_order_exactly_once_then_sync_finished() {
+    let server = TestServer::start().await;
+    // bob must exist (logging in creates the account).
+    let (bob_conn, _) = server.login_raw("bob", "phone").await;
+    bob_conn.close().await;
+    let alice = server.client("alice").connect().await;
+    let carol = server.client("carol").connect().await;
+    for i in 0..30 {
+        let who = if i % 3 == 0 { &carol } else { &alice };
+        who.session
+            .send_text("bob", &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let cache = duet_sdk::Cache::in_memory().unwrap();
+    let mut bob = server
+        .client("bob")
+        .device("phone")
+        .cache(cache.clone())
+        .connect()
+        .await;
+    let mut got = Vec::new();
+    let mut saw_conversations = false;
+    loop {
+        match bob.next().await {
+            Event::NewMessage(m) => {
+                assert!(
+                    !saw_conversations,
+                    "messages come before the conversation list"
+                );
+                got.push(m);
+            }
+            Event::Conversations(list) => {
+                saw_conversations = true;
+                let a = list
+                    .iter()
+                    .find(|c| c.peer == "alice")
+                    .expect("alice conversation");
+                assert_eq!(a.unread, 20);
+                let c = list
+                    .iter()
+                    .find(|c| c.peer == "carol")
+                    .expect("carol conversation");
+                assert_eq!(c.unread, 10);
+            }
+            Event::SyncFinished => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(saw_conversations);
+    let expected: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts(&got), expected, "in order, exactly once");
+    bob.expect_quiet(std::time::Duration::from_millis(200))
+        .await;
+    bob.session.close().await;
+    drop(bob);
+    // Log in again on the same device with the same cache: nothing is reported twice.
+    alice.session.send_text("bob", "after").await.unwrap();
+    let mut bob2 = server
+        .client("bob")
+        .device("phone")
+        .cache(cache)
+        .connect()
+        .await;
+    let again = bob2.until_synced().await;
+    assert_eq!(texts(&again), vec!["after".to_string()]);
+}
+
+#[tokio::test]
+async fn offline_sync_hands_over_the_newest_per_conversation_and_history_has_the_rest() {
+    let server = TestServer::builder()
+        .config(|c| c.sync_per_conversation = 5)
+        .spawn()
+        .await;
+    let (bob_conn, _) = server.login_raw("bob", "phone").await;
+    bob_conn.close().await;
+    let alice = server.client("alice").connect().await;
+    for i in 0..12 {
+        alice
+            .session
+            .send_text("bob", &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let mut bob = server.client("bob").device("phone").connect().await;
+    let got = bob.until_synced().await;
+    assert_eq!(texts(&got), ["m7", "m8", "m9", "m10", "m11"]);
+    let (page, complete) = bob.session.history("alice", None, 20).await.unwrap();
+    assert!(complete);
+    assert_eq!(page.len(), 12, "older ones stay reachable through history");
+}
+
+#[tokio::test]
+async fn every_device_of_both_users_gets_the_message() {
+    let server = TestServer::start().await;
+    let mut alice_phone = server
+        .client("alice")
+        .device("phone")
+        .platform("Android")
+        .connect()
+        .await;
+    let mut alice_pc = server
+        .client("alice")
+        .device("pc")
+        .platform("PC")
+        .connect()
+        .await;
+    let mut bob_phone = server
+        .client("bob")
+        .device("phone")
+        .platform("iPhone")
+        .connect()
+        .await;
+    let mut bob_laptop = server
+        .client("bob")
+        .device("laptop")
+        .platform("Mac")
+        .connect()
+        .await;
+    for c in [
+        &mut alice_phone,
+        &mut alice_pc,
+        &mut bob_phone,
+        &mut bob_laptop,
+    ] {
+        c.until_synced().await;
+    }
+    let ack = alice_phone
+        .session
+        .send_text("bob", "to all")
+        .await
+        .unwrap();
+    for c in [&mut bob_phone, &mut bob_laptop, &mut alice_pc] {
+        let m = c.next_message().await;
+        assert_eq!(m.msg_key, ack.msg_key);
+        assert_eq!(m.from, "alice");
+    }
+    alice_phone
+        .expect_quiet(std::time::Duration::from_millis(200))
+        .await;
+    // The sending device's cursor moved past its own message.
+    assert_eq!(alice_phone.session.cursor(), ack.entry.unwrap());
+}
+
+#[tokio::test]
+async fn a_retried_send_stores_one_copy_and_returns_the_same_key() {
+    let server = TestServer::start().await;
+    let mut bob = server.client("bob").connect().await;
+    bob.until_synced().await;
+    let alice = server.client("alice").connect().await;
+    let opts = SendOptions {
+        msg_random: Some(777),
+        msg_seq: Some(5),
+        ..Default::default()
+    };
+    let body = vec![MsgElem::text("once")];
+    let first = alice
+        .session
+        .send("bob", body.clone(), opts.clone())
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    // A retry from another connection (e.g. after a reconnect).
+    let (conn, _) = server.login_raw("alice", "dev-1").await;
+    let second = conn.send("bob", body, opts).await.unwrap();
+    assert!(second.duplicate);
+    assert_eq!(second.msg_key, first.msg_key);
+    assert_eq!(second.entry, first.entry);
+    let m = bob.next_message().await;
+    assert_eq!(m.msg_key, first.msg_key);
+    bob.expect_quiet(std::time::Duration::from_millis(200))
+        .await;
+    let (page, _) = bob.session.history("alice", None, 10).await.unwrap();
+    assert_eq!(page.len(), 1, "one stored copy");
+}
+
+#[tokio::test]
+async fn online_only_messages_reach_online_devices_and_are_never_stored() {
+    let server = TestServer::start().await;
+    let mut bob = server.client("bob").connect().await;
+    bob.until_synced().await;
+    let alice = server.client("alice").connect().await;
+    let ack = alice
+        .session
+        .send(
+            "bob",
+            vec![MsgElem::text("typing...")],
+            SendOptions {
+                online_only: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack.entry, None);
+    let m = bob.next_message().await;
+    assert!(m.online_only);
+    let (page, _) = bob.session.history("alice", None, 10).await.unwrap();
+    assert!(page.is_empty());
+}

@@ -1,0 +1,124 @@
+//! Login policy (kick), heartbeat timeout, health, metrics, graceful shutdown.
+
+use std::time::Duration;
+
+use duet_proto::codes;
+use duet_sdk::{Event, Push};
+use duet_testkit::{TestServer, WAIT};
+
+#[tokio::test]
+async fn a_login_beyond_the_policy_kicks_the_oldest_device() {
+    let server = TestServer::builder()
+        .config(|c| c.max_devices_per_platform = 1)
+        .spawn()
+        .await;
+    let mut old = server
+        .client("alice")
+        .device("phone-1")
+        .platform("Android")
+        .connect()
+        .await;
+    old.until_synced().await;
+    let mut web = server
+        .client("alice")
+        .device("web")
+        .platform("Web")
+        .connect()
+        .await;
+    web.until_synced().await;
+    let mut new = server
+        .client("alice")
+        .device("phone-2")
+        .platform("Android")
+        .connect()
+        .await;
+    new.until_synced().await;
+    let ev = old
+        .wait_for(|e| matches!(e, Event::KickedOffline { .. }))
+        .await;
+    assert!(matches!(ev, Event::KickedOffline { code, .. } if code == codes::KICKED_OFFLINE));
+    // The other platform stays; the new device receives messages, the old does not.
+    let bob = server.client("bob").connect().await;
+    bob.session.send_text("alice", "still here?").await.unwrap();
+    assert_eq!(
+        new.next_message().await.body[0].as_text(),
+        Some("still here?")
+    );
+    assert_eq!(
+        web.next_message().await.body[0].as_text(),
+        Some("still here?")
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_heartbeat_timeout() {
+    let server = TestServer::builder()
+        .config(|c| c.heartbeat_timeout = Duration::from_millis(300))
+        .spawn()
+        .await;
+    // A raw connection that never pings.
+    let (conn, mut pushes) = server.login_raw("idle", "d").await;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match pushes.recv().await {
+                Some(Push::Closed) | None => return,
+                Some(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "idle connection was not closed");
+    assert!(conn.ping().await.is_err());
+}
+
+#[tokio::test]
+async fn healthz_and_metrics() {
+    let server = TestServer::start().await;
+    let a = server.client("alice").connect().await;
+    let mut b = server.client("bob").connect().await;
+    b.until_synced().await;
+    a.session.send_text("bob", "count me").await.unwrap();
+    b.next_message().await;
+    let addr = server.url().trim_start_matches("http://").to_string();
+    let health = http_get(&addr, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let metrics = http_get(&addr, "/metrics").await;
+    assert!(metrics.contains("duet_connections 2"), "{metrics}");
+    assert!(metrics.contains("duet_sends_total 1"), "{metrics}");
+    assert!(metrics.contains("duet_deliveries_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("duet_commit_batch_size_count"),
+        "{metrics}"
+    );
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn graceful_shutdown_closes_connections_and_keeps_acked_messages() {
+    let server = TestServer::start().await;
+    let mut bob = server.client("bob").connect().await;
+    bob.until_synced().await;
+    let alice = server.client("alice").connect().await;
+    let ack = alice
+        .session
+        .send_text("bob", "before shutdown")
+        .await
+        .unwrap();
+    let dir = server.stop().await;
+    let ev = bob.wait_for(|e| matches!(e, Event::Disconnected)).await;
+    assert_eq!(ev, Event::Disconnected);
+    let server = TestServer::builder().data_dir(dir).spawn().await;
+    let (conn, _) = server.login_raw("bob", "other").await;
+    let (page, _) = conn.history("alice", None, 10).await.unwrap();
+    assert_eq!(page[0].message.msg_key, ack.msg_key);
+}
