@@ -129,8 +129,14 @@ pub enum ServerFrame {
         /// Idle timeout in seconds: send something (e.g. `ping`) more often.
         heartbeat_timeout: u64,
     },
-    /// Heartbeat answer.
-    Pong { req_id: u64, server_time: u64 },
+    /// Heartbeat answer, with the user's newest timeline entry number: a
+    /// device whose cursor is behind it syncs (this heals lost live hints).
+    Pong {
+        req_id: u64,
+        server_time: u64,
+        #[serde(default)]
+        head: u64,
+    },
     /// A send was committed (or was a retry of one already committed).
     SendAck {
         req_id: u64,

@@ -496,15 +496,15 @@ impl Connection {
         .await
     }
 
-    /// Round trip to the server.
-    pub async fn ping(&self) -> SdkResult<()> {
+    /// Round trip to the server; returns the user's timeline head.
+    pub async fn ping(&self) -> SdkResult<u64> {
         match self
             .request_one(ClientFrame::Ping {
                 req_id: self.next_req_id(),
             })
             .await?
         {
-            ServerFrame::Pong { .. } => Ok(()),
+            ServerFrame::Pong { head, .. } => Ok(head),
             other => Err(unexpected(&other)),
         }
     }

@@ -87,7 +87,6 @@ impl Session {
         let info = conn
             .login(&opts.user, &opts.user_sig, &opts.device_id, &opts.platform)
             .await?;
-        conn.start_heartbeat(Duration::from_secs((info.heartbeat_timeout / 3).max(1)));
         let mut cursor = 0;
         if let Some(cache) = &opts.cache
             && let Some((epoch, c)) = cache.load(&opts.user, &opts.device_id)?
@@ -110,6 +109,7 @@ impl Session {
             pending: BTreeMap::new(),
             gap_deadline: None,
             events: events_tx,
+            heartbeat: Duration::from_secs((info.heartbeat_timeout / 3).max(1)),
         };
         tokio::spawn(sync.run(pushes, ctl_rx));
         Ok((
@@ -200,6 +200,7 @@ struct SyncState {
     pending: BTreeMap<u64, Item>,
     gap_deadline: Option<Instant>,
     events: mpsc::UnboundedSender<Event>,
+    heartbeat: Duration,
 }
 
 impl SyncState {
@@ -222,9 +223,26 @@ impl SyncState {
             }
         }
         let _ = self.events.send(Event::SyncFinished);
+        let mut beat = tokio::time::interval(self.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beat.reset();
         loop {
             let gap = self.gap_deadline;
             tokio::select! {
+                _ = beat.tick() => {
+                    // The pong carries the head: behind it means a live hint was lost.
+                    let behind = match self.conn.ping().await {
+                        Ok(head) => head > self.cursor && self.pending.is_empty(),
+                        Err(_) => {
+                            let _ = self.events.send(Event::Disconnected);
+                            return;
+                        }
+                    };
+                    if behind && self.sync().await.is_err() {
+                        let _ = self.events.send(Event::Disconnected);
+                        return;
+                    }
+                }
                 p = pushes.recv() => match p {
                     Some(Push::Entry(e)) => self.on_item(e.seq, Item::Entry(Box::new(e))),
                     Some(Push::OnlineMessage(m)) => {

@@ -283,6 +283,7 @@ fn handle(services: Arc<Services>, user: Arc<str>, conn_id: u64, frame: ClientFr
                 ClientFrame::Ping { .. } => vec![ServerFrame::Pong {
                     req_id,
                     server_time: services.clock().now_ms(),
+                    head: services.store().head(&user).await?,
                 }],
                 ClientFrame::Send {
                     to,

@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{Notify, mpsc};
 
+use crate::bus::{Bus, LocalDelivery};
 use crate::metrics::Metrics;
 
 const SHARDS: usize = 64;
@@ -46,6 +47,7 @@ pub struct Hub {
     next_conn: AtomicU64,
     metrics: Arc<Metrics>,
     max_per_platform: usize,
+    bus: OnceLock<Arc<dyn Bus>>,
 }
 
 fn shard_of(user: &str) -> usize {
@@ -66,7 +68,22 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             metrics,
             max_per_platform: max_per_platform.max(1),
+            bus: OnceLock::new(),
         }
+    }
+
+    /// Connects the hub to the other nodes. Set once, before serving.
+    pub fn set_bus(&self, bus: Arc<dyn Bus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// Delivers to this node's devices of `user` (except `except`) and, through
+    /// the bus, to the other nodes' devices.
+    pub fn route(&self, user: &str, frame: &Utf8Bytes, except: Option<u64>) -> usize {
+        if let Some(bus) = self.bus.get() {
+            bus.publish(user, frame);
+        }
+        self.deliver(user, frame, except)
     }
 
     /// A fresh connection id.
@@ -90,6 +107,11 @@ impl Hub {
         {
             let mut map = self.shard(user);
             let devices = map.entry(user.clone()).or_default();
+            if devices.is_empty()
+                && let Some(bus) = self.bus.get()
+            {
+                bus.interest(user);
+            }
             devices.retain(|d| {
                 if d.device_id == dev.device_id {
                     kicked.push(d.clone());
@@ -136,6 +158,9 @@ impl Hub {
         let removed = devices.len() != before;
         if devices.is_empty() {
             map.remove(user);
+            if let Some(bus) = self.bus.get() {
+                bus.disinterest(user);
+            }
         }
         if removed {
             self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
@@ -171,6 +196,9 @@ impl Hub {
             });
             if devices.is_empty() {
                 map.remove(user);
+                if let Some(bus) = self.bus.get() {
+                    bus.disinterest(user);
+                }
             }
         }
         for k in slow {
@@ -194,6 +222,12 @@ impl Hub {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+impl LocalDelivery for Hub {
+    fn deliver_local(&self, user: &str, frame: Utf8Bytes) {
+        self.deliver(user, &frame, None);
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! Layering (Law 8): [`gateway`] (transport) → [`service`] → `duet_store::Store`.
 
+pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -27,9 +28,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+pub use bus::{Bus, LocalDelivery};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::ServerConfig;
 pub use error::ServiceError;
+pub use hub::Hub;
 pub use metrics::Metrics;
 pub use service::{SendRequest, SendResult, Services};
 
@@ -76,20 +79,29 @@ impl ServerHandle {
     }
 }
 
-/// Starts the server on `config.listen` with `store`.
+/// Starts a single node on `config.listen` with `store`.
 pub async fn start(
     config: ServerConfig,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<ServerHandle> {
+    let hub = Arc::new(Hub::new(metrics.clone(), config.max_devices_per_platform));
+    start_with_hub(config, store, clock, metrics, hub).await
+}
+
+/// Starts a node with a hub made by the caller (who may have connected it
+/// to a [`Bus`] with [`Hub::set_bus`]).
+pub async fn start_with_hub(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    hub: Arc<Hub>,
+) -> std::io::Result<ServerHandle> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let config = Arc::new(config);
-    let hub = Arc::new(hub::Hub::new(
-        metrics.clone(),
-        config.max_devices_per_platform,
-    ));
     let services = Arc::new(Services::new(store, hub, clock, config.clone(), metrics));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (conns_tx, conns_rx) = mpsc::channel(1);

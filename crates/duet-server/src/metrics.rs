@@ -196,3 +196,9 @@ impl Metrics {
         out
     }
 }
+
+impl duet_store::CommitObserver for Metrics {
+    fn batch_committed(&self, jobs: usize, latency: Duration) {
+        self.commit(jobs, latency);
+    }
+}

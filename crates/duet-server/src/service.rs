@@ -202,9 +202,9 @@ impl Services {
                 // Store first, then deliver (Law 4).
                 let sender_seq = sender_entry.as_ref().map(|e| e.seq);
                 self.hub
-                    .deliver(&message.to, &entry_frame(recipient_entry), None);
+                    .route(&message.to, &entry_frame(recipient_entry), None);
                 if let Some(e) = sender_entry {
-                    self.hub.deliver(&message.from, &entry_frame(e), origin);
+                    self.hub.route(&message.from, &entry_frame(e), origin);
                 }
                 SendResult {
                     message,
@@ -259,9 +259,9 @@ impl Services {
         let frame = frame_text(&ServerFrame::OnlineMessage {
             message: message.clone(),
         });
-        self.hub.deliver(&message.to, &frame, None);
+        self.hub.route(&message.to, &frame, None);
         if req.sender_copy == SenderCopy::Timeline {
-            self.hub.deliver(&message.from, &frame, origin);
+            self.hub.route(&message.from, &frame, origin);
         }
         Ok(SendResult {
             message,
@@ -327,9 +327,9 @@ impl Services {
             .store
             .mark_read(user, peer, self.clock.now_secs(), self.clock.now_ms())
             .await?;
-        self.hub.deliver(user, &entry_frame(out.reader_entry), None);
+        self.hub.route(user, &entry_frame(out.reader_entry), None);
         if let Some(e) = out.peer_entry {
-            self.hub.deliver(peer, &entry_frame(e), None);
+            self.hub.route(peer, &entry_frame(e), None);
         }
         Ok(())
     }
@@ -362,10 +362,9 @@ impl Services {
                 ));
             }
         };
-        self.hub
-            .deliver(&to, &entry_frame(out.recipient_entry), None);
+        self.hub.route(&to, &entry_frame(out.recipient_entry), None);
         if let Some(e) = out.sender_entry {
-            self.hub.deliver(user, &entry_frame(e), None);
+            self.hub.route(user, &entry_frame(e), None);
         }
         Ok(())
     }

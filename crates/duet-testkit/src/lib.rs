@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use duet_bus_nats::NatsBus;
 use duet_proto::Message;
 use duet_sdk::{Cache, Connection, Event, Push, Session, SessionOptions};
-use duet_server::{Clock, ManualClock, Metrics, ServerConfig, ServerHandle, SystemClock};
+use duet_server::{Clock, Hub, ManualClock, Metrics, ServerConfig, ServerHandle, SystemClock};
 use duet_store_sqlite::{SqliteOptions, SqliteStore};
 use duet_usersig::UserSigKey;
 use tokio::sync::mpsc;
@@ -26,6 +27,8 @@ pub struct TestServerBuilder {
     config: ServerConfig,
     clock: Option<ManualClock>,
     dir: Option<tempfile::TempDir>,
+    shared_store: Option<Arc<SqliteStore>>,
+    bus: Option<(String, String, String)>,
 }
 
 impl TestServerBuilder {
@@ -37,6 +40,16 @@ impl TestServerBuilder {
     /// Reuse a data dir (restart tests).
     pub fn data_dir(mut self, d: tempfile::TempDir) -> Self {
         self.dir = Some(d);
+        self
+    }
+    /// Use a store shared with other nodes (cluster tests); the caller closes it.
+    pub fn shared_store(mut self, store: Arc<SqliteStore>) -> Self {
+        self.shared_store = Some(store);
+        self
+    }
+    /// Join the NATS bus at `url` in `namespace` as `node_id`.
+    pub fn bus(mut self, url: &str, namespace: &str, node_id: &str) -> Self {
+        self.bus = Some((url.into(), namespace.into(), node_id.into()));
         self
     }
     /// Changes any setting.
@@ -51,19 +64,44 @@ impl TestServerBuilder {
             None => tempfile::tempdir().expect("temp dir"),
         };
         let metrics = Arc::new(Metrics::default());
-        let store = Arc::new(
-            SqliteStore::open(SqliteOptions::new(dir.path().join("duet.sqlite")))
+        let owns_store = self.shared_store.is_none();
+        let store = match self.shared_store {
+            Some(s) => s,
+            None => Arc::new(
+                SqliteStore::open(SqliteOptions {
+                    observer: Some(metrics.clone()),
+                    ..SqliteOptions::new(dir.path().join("duet.sqlite"))
+                })
                 .expect("open store"),
-        );
+            ),
+        };
         let clock: Arc<dyn Clock> = match &self.clock {
             Some(c) => Arc::new(c.clone()),
             None => Arc::new(SystemClock),
         };
-        let handle = duet_server::start(self.config, store.clone(), clock, metrics)
+        let hub = Arc::new(Hub::new(
+            metrics.clone(),
+            self.config.max_devices_per_platform,
+        ));
+        let bus = match self.bus {
+            Some((url, ns, node)) => {
+                let bus = Arc::new(
+                    NatsBus::connect(&url, &ns, &node, hub.clone())
+                        .await
+                        .unwrap_or_else(|e| panic!("NATS is required for this test: {e}")),
+                );
+                hub.set_bus(bus.clone());
+                Some(bus)
+            }
+            None => None,
+        };
+        let handle = duet_server::start_with_hub(self.config, store.clone(), clock, metrics, hub)
             .await
             .expect("start server");
         TestServer {
             handle: Some(handle),
+            owns_store,
+            _bus: bus,
             store,
             dir: Some(dir),
             key: UserSigKey::new(SDKAPPID, SECRET),
@@ -75,6 +113,8 @@ impl TestServerBuilder {
 /// A running server.
 pub struct TestServer {
     handle: Option<ServerHandle>,
+    owns_store: bool,
+    _bus: Option<Arc<NatsBus>>,
     store: Arc<SqliteStore>,
     dir: Option<tempfile::TempDir>,
     key: UserSigKey,
@@ -91,6 +131,8 @@ impl TestServer {
             ),
             clock: None,
             dir: None,
+            shared_store: None,
+            bus: None,
         }
     }
 
@@ -165,7 +207,9 @@ impl TestServer {
         if let Some(h) = self.handle.take() {
             h.shutdown().await;
         }
-        self.store.close();
+        if self.owns_store {
+            self.store.close();
+        }
         self.dir.take().expect("dir")
     }
 }
@@ -264,5 +308,66 @@ impl TestClient {
         if let Ok(Some(e)) = tokio::time::timeout(d, self.events.recv()).await {
             panic!("expected no event, got {e:?}");
         }
+    }
+}
+
+/// The NATS server tests use (`DUET_TEST_NATS_URL`, default the local one).
+pub fn nats_url() -> String {
+    std::env::var("DUET_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A fresh bus namespace, so concurrent tests never see each other's traffic.
+pub fn fresh_namespace() -> String {
+    format!("t{:016x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// Several nodes sharing one store, joined by the NATS bus.
+pub struct TestCluster {
+    /// The nodes.
+    pub nodes: Vec<TestServer>,
+    store: Arc<SqliteStore>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes on one SQLite store and a fresh bus namespace.
+    pub async fn start(n: usize) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(
+            SqliteStore::open(SqliteOptions::new(dir.path().join("duet.sqlite")))
+                .expect("open store"),
+        );
+        let ns = fresh_namespace();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            nodes.push(
+                TestServer::builder()
+                    .shared_store(store.clone())
+                    .bus(&nats_url(), &ns, &format!("node{i}"))
+                    .spawn()
+                    .await,
+            );
+        }
+        TestCluster {
+            nodes,
+            store,
+            _dir: dir,
+        }
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &TestServer {
+        &self.nodes[i]
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.store.close();
     }
 }

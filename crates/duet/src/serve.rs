@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use duet_server::{Metrics, SystemClock};
+use duet_bus_nats::NatsBus;
+use duet_server::{Hub, Metrics, SystemClock};
 use duet_store_sqlite::{SqliteOptions, SqliteStore};
 
 use crate::settings::{self, AppFlags};
@@ -22,14 +23,9 @@ pub struct ServeArgs {
     /// Cross-node bus: a `nats://` URL (default: none, single node).
     #[arg(long, env = "DUET_BUS")]
     pub bus: Option<String>,
-}
-
-struct MetricsObserver(Arc<Metrics>);
-
-impl duet_store::CommitObserver for MetricsObserver {
-    fn batch_committed(&self, jobs: usize, latency: std::time::Duration) {
-        self.0.commit(jobs, latency);
-    }
+    /// This node's id on the bus (default: random).
+    #[arg(long, env = "DUET_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 pub async fn run(app: AppFlags, args: ServeArgs) -> Result<std::process::ExitCode> {
@@ -44,9 +40,14 @@ pub async fn run(app: AppFlags, args: ServeArgs) -> Result<std::process::ExitCod
             "store {store_kind:?} is not supported by this build yet: use `sqlite` (PostgreSQL arrives with scale-out)"
         );
     }
-    if let Some(bus) = args.bus.or(file.bus.clone()) {
-        bail!("bus {bus:?} is not supported by this build yet (NATS arrives with scale-out)");
-    }
+    let bus_url = args
+        .bus
+        .or(file.bus.clone())
+        .filter(|b| !b.is_empty() && b != "none");
+    let node_id = args
+        .node_id
+        .or(file.node_id.clone())
+        .unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let (key, created) = settings::server_key(&app, &file, &data)?;
     let listen = args
@@ -57,14 +58,27 @@ pub async fn run(app: AppFlags, args: ServeArgs) -> Result<std::process::ExitCod
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(
         SqliteStore::open(SqliteOptions {
-            observer: Some(Arc::new(MetricsObserver(metrics.clone()))),
+            observer: Some(metrics.clone()),
             ..SqliteOptions::new(data.join("duet.sqlite"))
         })
         .with_context(|| format!("opening the store in {}", data.display()))?,
     );
-    let handle = duet_server::start(config, store.clone(), Arc::new(SystemClock), metrics)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
+    let hub = Arc::new(Hub::new(metrics.clone(), config.max_devices_per_platform));
+    let _bus = match &bus_url {
+        Some(url) => {
+            let bus = Arc::new(
+                NatsBus::connect(url, &key.sdkappid().to_string(), &node_id, hub.clone()).await?,
+            );
+            hub.set_bus(bus.clone());
+            eprintln!("node {node_id} joined the bus at {url}");
+            Some(bus)
+        }
+        None => None,
+    };
+    let handle =
+        duet_server::start_with_hub(config, store.clone(), Arc::new(SystemClock), metrics, hub)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
     let addr = handle.local_addr();
     if created {
         eprintln!(

@@ -44,6 +44,8 @@ pub struct FileConfig {
     pub store: Option<String>,
     /// None, or a `nats://` URL.
     pub bus: Option<String>,
+    /// This node's id on the bus.
+    pub node_id: Option<String>,
     /// App administrators.
     pub admins: Option<Vec<String>>,
     /// Retention of offline entries and history, days (0 = forever).

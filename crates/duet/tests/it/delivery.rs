@@ -245,3 +245,40 @@ async fn online_only_messages_reach_online_devices_and_are_never_stored() {
     let (page, _) = bob.session.history("alice", None, 10).await.unwrap();
     assert!(page.is_empty());
 }
+
+#[tokio::test]
+async fn a_lost_live_hint_is_healed_by_the_heartbeat() {
+    let server = TestServer::builder()
+        .config(|c| c.heartbeat_timeout = std::time::Duration::from_secs(3))
+        .spawn()
+        .await;
+    let mut bob = server.client("bob").connect().await;
+    bob.until_synced().await;
+    let (alice, _) = server.login_raw("alice", "d").await;
+    alice.close().await;
+    // Commit a message without any live delivery (as if the hint was lost).
+    let body = vec![MsgElem::text("hint lost")];
+    let body_json = serde_json::to_string(&body).unwrap();
+    server
+        .services()
+        .store()
+        .send(duet_store::NewMessage {
+            from: "alice".into(),
+            to: "bob".into(),
+            msg_seq: 1,
+            msg_random: 2,
+            msg_time: 1,
+            body,
+            body_json,
+            cloud_custom_data: String::new(),
+            sender_copy: duet_store::SenderCopy::Timeline,
+            no_unread: false,
+            no_last_msg: false,
+            now_ms: 1000,
+        })
+        .await
+        .unwrap();
+    // The next heartbeat (every second here) tells bob's device its head; it syncs.
+    let m = bob.next_message().await;
+    assert_eq!(m.body[0].as_text(), Some("hint lost"));
+}

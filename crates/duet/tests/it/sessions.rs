@@ -86,8 +86,14 @@ async fn healthz_and_metrics() {
     assert!(metrics.contains("duet_connections 2"), "{metrics}");
     assert!(metrics.contains("duet_sends_total 1"), "{metrics}");
     assert!(metrics.contains("duet_deliveries_total 1"), "{metrics}");
+    let commits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("duet_commit_batch_size_count "))
+        .and_then(|v| v.parse().ok())
+        .expect("commit batch histogram");
+    assert!(commits >= 1, "{metrics}");
     assert!(
-        metrics.contains("duet_commit_batch_size_count"),
+        metrics.contains("duet_commit_latency_seconds_bucket{le=\"+Inf\"}"),
         "{metrics}"
     );
 }

@@ -1,0 +1,95 @@
+//! Several nodes joined by the NATS bus (real NATS on 127.0.0.1:4222).
+
+use duet_sdk::Event;
+use duet_testkit::TestCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_on_three_nodes_get_messages_read_reports_and_recalls() {
+    let cluster = TestCluster::start(3).await;
+    let mut alice = cluster
+        .node(0)
+        .client("alice")
+        .device("phone")
+        .connect()
+        .await;
+    let mut bob_phone = cluster
+        .node(1)
+        .client("bob")
+        .device("phone")
+        .platform("iPhone")
+        .connect()
+        .await;
+    let mut bob_laptop = cluster
+        .node(2)
+        .client("bob")
+        .device("laptop")
+        .platform("Mac")
+        .connect()
+        .await;
+    let mut alice_web = cluster
+        .node(2)
+        .client("alice")
+        .device("web")
+        .platform("Web")
+        .connect()
+        .await;
+    for c in [&mut alice, &mut bob_phone, &mut bob_laptop, &mut alice_web] {
+        c.until_synced().await;
+    }
+    // Subscriptions are set up asynchronously after login; give the bus a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let ack = alice
+        .session
+        .send_text("bob", "across nodes")
+        .await
+        .unwrap();
+    for dev in [&mut bob_phone, &mut bob_laptop, &mut alice_web] {
+        let m = dev.next_message().await;
+        assert_eq!(m.msg_key, ack.msg_key);
+    }
+    let reply = bob_laptop
+        .session
+        .send_text("alice", "got it")
+        .await
+        .unwrap();
+    for dev in [&mut alice, &mut alice_web, &mut bob_phone] {
+        assert_eq!(dev.next_message().await.msg_key, reply.msg_key);
+    }
+
+    bob_phone.session.mark_read("alice").await.unwrap();
+    for dev in [&mut alice, &mut alice_web, &mut bob_laptop] {
+        let ev = dev.wait_for(|e| matches!(e, Event::ReadReceipt(_))).await;
+        let Event::ReadReceipt(r) = ev else {
+            unreachable!()
+        };
+        assert_eq!((r.reader.as_str(), r.peer.as_str()), ("bob", "alice"));
+    }
+
+    alice.session.recall(&ack.msg_key).await.unwrap();
+    for dev in [&mut bob_phone, &mut bob_laptop, &mut alice_web] {
+        let ev = dev
+            .wait_for(|e| matches!(e, Event::MessageRecalled(_)))
+            .await;
+        let Event::MessageRecalled(r) = ev else {
+            unreachable!()
+        };
+        assert_eq!(r.msg_key, ack.msg_key);
+    }
+
+    // History and conversations read through any node agree.
+    let mut views = Vec::new();
+    for i in 0..3 {
+        let (conn, _) = cluster
+            .node(i)
+            .login_raw("bob", &format!("reader{i}"))
+            .await;
+        let (page, _) = conn.history("alice", None, 10).await.unwrap();
+        let convs = conn.all_conversations().await.unwrap();
+        views.push((page, convs));
+    }
+    assert_eq!(views[0].0.len(), 2);
+    assert!(views[0].0[1].message.is_recalled());
+    assert_eq!(views[0], views[1]);
+    assert_eq!(views[1], views[2]);
+}
