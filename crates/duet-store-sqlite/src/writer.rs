@@ -180,11 +180,8 @@ fn writer_loop(
         }
         let jobs = batch.len();
         let started = Instant::now();
-        let committed = commit_batch(&conn, &mut batch);
+        commit_batch(&conn, &mut batch, started, observer.as_deref());
         permits.add_permits(jobs);
-        if committed && let Some(observer) = &observer {
-            observer.batch_committed(jobs, started.elapsed());
-        }
     }
     tracing::debug!("sqlite store: writer stopped");
 }
@@ -193,16 +190,23 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-/// Runs and commits one batch, then completes every job (emptying `batch`).
-/// Returns whether the batch committed.
-fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) -> bool {
+/// Runs and commits one batch, tells the observer, then completes every job
+/// (emptying `batch`): whoever sees an ack also sees the commit counted.
+fn commit_batch(
+    conn: &Connection,
+    batch: &mut Vec<Box<dyn Job>>,
+    started: Instant,
+    observer: Option<&dyn CommitObserver>,
+) {
     let outcome = run_batch(conn, batch);
     match outcome {
         Ok(()) => {
+            if let Some(observer) = observer {
+                observer.batch_committed(batch.len(), started.elapsed());
+            }
             for job in batch.drain(..) {
                 job.complete(None);
             }
-            true
         }
         Err(e) => {
             tracing::error!(jobs = batch.len(), error = %e, "sqlite store: batch failed");
@@ -215,7 +219,6 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) -> bool {
             for job in batch.drain(..) {
                 job.complete(Some(failure.clone()));
             }
-            false
         }
     }
 }
