@@ -10,6 +10,8 @@ use duet_bus_nats::NatsBus;
 use duet_proto::Message;
 use duet_sdk::{Cache, Connection, Event, Push, Session, SessionOptions};
 use duet_server::{Clock, Hub, ManualClock, Metrics, ServerConfig, ServerHandle, SystemClock};
+use duet_store::Store;
+use duet_store_postgres::{PgOptions, PostgresStore};
 use duet_store_sqlite::{SqliteOptions, SqliteStore};
 use duet_usersig::UserSigKey;
 use tokio::sync::mpsc;
@@ -27,7 +29,7 @@ pub struct TestServerBuilder {
     config: ServerConfig,
     clock: Option<ManualClock>,
     dir: Option<tempfile::TempDir>,
-    shared_store: Option<Arc<SqliteStore>>,
+    shared_store: Option<Arc<dyn Store>>,
     bus: Option<(String, String, String)>,
 }
 
@@ -43,7 +45,7 @@ impl TestServerBuilder {
         self
     }
     /// Use a store shared with other nodes (cluster tests); the caller closes it.
-    pub fn shared_store(mut self, store: Arc<SqliteStore>) -> Self {
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
         self.shared_store = Some(store);
         self
     }
@@ -64,16 +66,18 @@ impl TestServerBuilder {
             None => tempfile::tempdir().expect("temp dir"),
         };
         let metrics = Arc::new(Metrics::default());
-        let owns_store = self.shared_store.is_none();
-        let store = match self.shared_store {
-            Some(s) => s,
-            None => Arc::new(
-                SqliteStore::open(SqliteOptions {
-                    observer: Some(metrics.clone()),
-                    ..SqliteOptions::new(dir.path().join("duet.sqlite"))
-                })
-                .expect("open store"),
-            ),
+        let (store, owned): (Arc<dyn Store>, Option<Arc<SqliteStore>>) = match self.shared_store {
+            Some(s) => (s, None),
+            None => {
+                let s = Arc::new(
+                    SqliteStore::open(SqliteOptions {
+                        observer: Some(metrics.clone()),
+                        ..SqliteOptions::new(dir.path().join("duet.sqlite"))
+                    })
+                    .expect("open store"),
+                );
+                (s.clone(), Some(s))
+            }
         };
         let clock: Arc<dyn Clock> = match &self.clock {
             Some(c) => Arc::new(c.clone()),
@@ -100,9 +104,8 @@ impl TestServerBuilder {
             .expect("start server");
         TestServer {
             handle: Some(handle),
-            owns_store,
+            owned,
             _bus: bus,
-            store,
             dir: Some(dir),
             key: UserSigKey::new(SDKAPPID, SECRET),
             clock: self.clock,
@@ -113,9 +116,8 @@ impl TestServerBuilder {
 /// A running server.
 pub struct TestServer {
     handle: Option<ServerHandle>,
-    owns_store: bool,
+    owned: Option<Arc<SqliteStore>>,
     _bus: Option<Arc<NatsBus>>,
-    store: Arc<SqliteStore>,
     dir: Option<tempfile::TempDir>,
     key: UserSigKey,
     clock: Option<ManualClock>,
@@ -207,8 +209,8 @@ impl TestServer {
         if let Some(h) = self.handle.take() {
             h.shutdown().await;
         }
-        if self.owns_store {
-            self.store.close();
+        if let Some(s) = &self.owned {
+            s.close();
         }
         self.dir.take().expect("dir")
     }
@@ -326,48 +328,60 @@ fn rand_u64() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
-/// Several nodes sharing one store, joined by the NATS bus.
+/// The PostgreSQL server tests use (`DUET_TEST_PG_URL`, default the local one).
+pub fn pg_url() -> String {
+    std::env::var("DUET_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Several nodes joined by the NATS bus, each with its own connection pool
+/// to one PostgreSQL schema (dropped at the end).
 pub struct TestCluster {
     /// The nodes.
     pub nodes: Vec<TestServer>,
-    store: Arc<SqliteStore>,
-    _dir: tempfile::TempDir,
+    schema: String,
 }
 
 impl TestCluster {
-    /// Starts `n` nodes on one SQLite store and a fresh bus namespace.
+    /// Starts `n` nodes on a fresh PostgreSQL schema and a fresh bus namespace.
     pub async fn start(n: usize) -> TestCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(
-            SqliteStore::open(SqliteOptions::new(dir.path().join("duet.sqlite")))
-                .expect("open store"),
-        );
         let ns = fresh_namespace();
+        let schema = format!("duet_cluster_{}", &ns[1..]);
         let mut nodes = Vec::new();
         for i in 0..n {
+            let store = PostgresStore::connect(PgOptions {
+                schema: Some(schema.clone()),
+                ..PgOptions::new(pg_url())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is required for this test: {e}"));
             nodes.push(
                 TestServer::builder()
-                    .shared_store(store.clone())
+                    .shared_store(Arc::new(store))
                     .bus(&nats_url(), &ns, &format!("node{i}"))
                     .spawn()
                     .await,
             );
         }
-        TestCluster {
-            nodes,
-            store,
-            _dir: dir,
-        }
+        TestCluster { nodes, schema }
     }
 
     /// Node `i`.
     pub fn node(&self, i: usize) -> &TestServer {
         &self.nodes[i]
     }
-}
 
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        self.store.close();
+    /// Stops the nodes and drops the schema.
+    pub async fn stop(self) {
+        for n in self.nodes {
+            n.stop().await;
+        }
+        if let Ok((client, conn)) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls).await
+        {
+            tokio::spawn(conn);
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+                .await;
+        }
     }
 }

@@ -7,6 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use duet_bus_nats::NatsBus;
 use duet_server::{Hub, Metrics, SystemClock};
+use duet_store::Store;
+use duet_store_postgres::{PgOptions, PostgresStore};
 use duet_store_sqlite::{SqliteOptions, SqliteStore};
 
 use crate::settings::{self, AppFlags};
@@ -23,6 +25,9 @@ pub struct ServeArgs {
     /// Cross-node bus: a `nats://` URL (default: none, single node).
     #[arg(long, env = "DUET_BUS")]
     pub bus: Option<String>,
+    /// PostgreSQL schema to use (created if missing; default: the connection's search_path).
+    #[arg(long, env = "DUET_PG_SCHEMA")]
+    pub pg_schema: Option<String>,
     /// This node's id on the bus (default: random).
     #[arg(long, env = "DUET_NODE_ID")]
     pub node_id: Option<String>,
@@ -35,10 +40,11 @@ pub async fn run(app: AppFlags, args: ServeArgs) -> Result<std::process::ExitCod
         .store
         .or(file.store.clone())
         .unwrap_or_else(|| "sqlite".into());
-    if store_kind != "sqlite" {
-        bail!(
-            "store {store_kind:?} is not supported by this build yet: use `sqlite` (PostgreSQL arrives with scale-out)"
-        );
+    if store_kind != "sqlite"
+        && !store_kind.starts_with("postgres://")
+        && !store_kind.starts_with("postgresql://")
+    {
+        bail!("--store must be `sqlite` or a postgres:// URL, not {store_kind:?}");
     }
     let bus_url = args
         .bus
@@ -56,13 +62,25 @@ pub async fn run(app: AppFlags, args: ServeArgs) -> Result<std::process::ExitCod
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
     let config = settings::server_config(listen, key.clone(), &file);
     let metrics = Arc::new(Metrics::default());
-    let store = Arc::new(
-        SqliteStore::open(SqliteOptions {
-            observer: Some(metrics.clone()),
-            ..SqliteOptions::new(data.join("duet.sqlite"))
-        })
-        .with_context(|| format!("opening the store in {}", data.display()))?,
-    );
+    let store = if store_kind == "sqlite" {
+        StoreHandle::Sqlite(Arc::new(
+            SqliteStore::open(SqliteOptions {
+                observer: Some(metrics.clone()),
+                ..SqliteOptions::new(data.join("duet.sqlite"))
+            })
+            .with_context(|| format!("opening the store in {}", data.display()))?,
+        ))
+    } else {
+        StoreHandle::Postgres(Arc::new(
+            PostgresStore::connect(PgOptions {
+                observer: Some(metrics.clone()),
+                schema: args.pg_schema.clone().or(file.pg_schema.clone()),
+                ..PgOptions::new(store_kind.clone())
+            })
+            .await
+            .context("connecting to PostgreSQL")?,
+        ))
+    };
     let hub = Arc::new(Hub::new(metrics.clone(), config.max_devices_per_platform));
     let _bus = match &bus_url {
         Some(url) => {
@@ -75,10 +93,15 @@ pub async fn run(app: AppFlags, args: ServeArgs) -> Result<std::process::ExitCod
         }
         None => None,
     };
-    let handle =
-        duet_server::start_with_hub(config, store.clone(), Arc::new(SystemClock), metrics, hub)
-            .await
-            .with_context(|| format!("listening on {listen}"))?;
+    let handle = duet_server::start_with_hub(
+        config,
+        store.dyn_store(),
+        Arc::new(SystemClock),
+        metrics,
+        hub,
+    )
+    .await
+    .with_context(|| format!("listening on {listen}"))?;
     let addr = handle.local_addr();
     if created {
         eprintln!(
@@ -96,7 +119,7 @@ pub async fn run(app: AppFlags, args: ServeArgs) -> Result<std::process::ExitCod
     shutdown_signal().await;
     eprintln!("shutting down: finishing in-flight commits");
     handle.shutdown().await;
-    store.close();
+    store.close().await;
     eprintln!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -120,5 +143,26 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+enum StoreHandle {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PostgresStore>),
+}
+
+impl StoreHandle {
+    fn dyn_store(&self) -> Arc<dyn Store> {
+        match self {
+            StoreHandle::Sqlite(s) => s.clone(),
+            StoreHandle::Postgres(s) => s.clone(),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            StoreHandle::Sqlite(s) => s.close(),
+            StoreHandle::Postgres(s) => s.close().await,
+        }
     }
 }

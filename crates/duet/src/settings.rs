@@ -42,6 +42,8 @@ pub struct FileConfig {
     pub secret_key: Option<String>,
     /// `sqlite` or a `postgres://` URL.
     pub store: Option<String>,
+    /// PostgreSQL schema (with a `postgres://` store).
+    pub pg_schema: Option<String>,
     /// None, or a `nats://` URL.
     pub bus: Option<String>,
     /// This node's id on the bus.

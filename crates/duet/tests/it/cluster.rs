@@ -1,4 +1,5 @@
-//! Several nodes joined by the NATS bus (real NATS on 127.0.0.1:4222).
+//! Three nodes on one PostgreSQL schema, joined by the NATS bus (the real
+//! servers on 127.0.0.1:5432 and :4222; the test fails if they are missing).
 
 use duet_sdk::Event;
 use duet_testkit::TestCluster;
@@ -92,4 +93,5 @@ async fn devices_on_three_nodes_get_messages_read_reports_and_recalls() {
     assert!(views[0].0[1].message.is_recalled());
     assert_eq!(views[0], views[1]);
     assert_eq!(views[1], views[2]);
+    cluster.stop().await;
 }

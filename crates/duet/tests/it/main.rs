@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod cluster;
+mod cluster_proc;
 mod crash;
 mod delivery;
 mod history;
