@@ -2,14 +2,13 @@
 //! (see `docs/protocol.md`). It parses frames, calls the services, and writes
 //! answers and live deliveries back. Errors are mapped to codes here, once.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use duet_proto::{ClientFrame, PROTOCOL_VERSION, ServerFrame, codes, limits, parse_client_frame};
 use duet_store::SenderCopy;
-use futures_util::stream::FuturesUnordered;
+use futures_util::stream::{self, BoxStream, SelectAll};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -20,7 +19,10 @@ use crate::service::{SendRequest, Services, frame_text};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Reply = Pin<Box<dyn Future<Output = Vec<ServerFrame>> + Send>>;
+/// The answer to one request: a stream of frames (one for most requests,
+/// pages and a `sync_finished` for `sync`), polled only as fast as the socket
+/// takes them (Law 6).
+type Reply = BoxStream<'static, ServerFrame>;
 
 fn error_frame(req_id: Option<u64>, code: u32, info: impl Into<String>) -> ServerFrame {
     ServerFrame::Error {
@@ -51,7 +53,7 @@ pub async fn serve_socket(
     let (tx, mut rx) = mpsc::channel::<Outbound>(cfg.outbound_queue);
     let kill = Arc::new(Notify::new());
     let mut session: Option<Session> = None;
-    let mut inflight: FuturesUnordered<Reply> = FuturesUnordered::new();
+    let mut inflight: SelectAll<Reply> = SelectAll::new();
     let max_inflight = cfg.max_inflight_per_connection;
     let mut deadline = Instant::now() + idle;
     let mut close_reason: Option<(u16, &'static str)> = None;
@@ -80,8 +82,8 @@ pub async fn serve_socket(
                     }
                 }
             }
-            Some(frames) = inflight.next(), if !inflight.is_empty() => {
-                if !send_frames(&mut ws, frames).await { break; }
+            Some(frame) = inflight.next(), if !inflight.is_empty() => {
+                if !send_frames(&mut ws, vec![frame]).await { break; }
             }
             msg = ws.recv(), if inflight.len() < max_inflight => {
                 let Some(Ok(msg)) = msg else { break };
@@ -133,8 +135,8 @@ pub async fn serve_socket(
         services.hub().unregister(&s.user, s.conn_id);
     }
     // Finish requests already taken (their commits are in flight), then close.
-    while let Some(frames) = inflight.next().await {
-        if !send_frames(&mut ws, frames).await {
+    while let Some(frame) = inflight.next().await {
+        if !send_frames(&mut ws, vec![frame]).await {
             break;
         }
     }
@@ -271,32 +273,90 @@ async fn login(
 }
 
 fn handle(services: Arc<Services>, user: Arc<str>, conn_id: u64, frame: ClientFrame) -> Reply {
-    Box::pin(async move {
-        let req_id = frame.req_id();
-        let r: Result<Vec<ServerFrame>, ServiceError> = async {
-            Ok(match frame {
-                ClientFrame::Login { .. } => vec![error_frame(
-                    Some(req_id),
-                    codes::BAD_PARAMS,
-                    "already logged in on this connection",
-                )],
-                ClientFrame::Ping { .. } => vec![ServerFrame::Pong {
-                    req_id,
-                    server_time: services.clock().now_ms(),
-                    head: services.store().head(&user).await?,
-                }],
-                ClientFrame::Send {
-                    to,
-                    body,
-                    msg_random,
-                    msg_seq,
-                    cloud_custom_data,
-                    online_only,
-                    no_unread,
-                    no_last_msg,
-                    ..
-                } => {
-                    let req = SendRequest {
+    if let ClientFrame::Sync { req_id, after } = frame {
+        return sync_stream(services, user, req_id, after);
+    }
+    single(services, user, conn_id, frame)
+}
+
+enum SyncStep {
+    Start,
+    Page { from: u64, head: u64 },
+    Finish { head: u64 },
+    Done,
+}
+
+/// `sync`: pages of at most `sync_batch` entries, read one at a time as the
+/// socket takes them, then `sync_finished`.
+fn sync_stream(services: Arc<Services>, user: Arc<str>, req_id: u64, after: u64) -> Reply {
+    Box::pin(stream::unfold(SyncStep::Start, move |step| {
+        let services = services.clone();
+        let user = user.clone();
+        async move {
+            if matches!(step, SyncStep::Done) {
+                return None;
+            }
+            let batch = services.config().sync_batch.clamp(1, u32::MAX as usize) as u32;
+            let r: Result<(ServerFrame, SyncStep), ServiceError> = async {
+                let (from, head) = match step {
+                    SyncStep::Done => return Err(ServiceError::Unavailable),
+                    SyncStep::Finish { head } => {
+                        let f = ServerFrame::SyncFinished {
+                            req_id,
+                            cursor: head,
+                            epoch: services.store().epoch().to_string(),
+                        };
+                        return Ok((f, SyncStep::Done));
+                    }
+                    SyncStep::Start => (after, services.store().head(&user).await?),
+                    SyncStep::Page { from, head } => (from, head),
+                };
+                let entries = services.sync_page(&user, from, head, batch).await?;
+                match entries.last().map(|e| e.seq) {
+                    None => {
+                        let f = ServerFrame::SyncFinished {
+                            req_id,
+                            cursor: head,
+                            epoch: services.store().epoch().to_string(),
+                        };
+                        Ok((f, SyncStep::Done))
+                    }
+                    Some(last) => {
+                        let next = if entries.len() < batch as usize {
+                            SyncStep::Finish { head }
+                        } else {
+                            SyncStep::Page { from: last, head }
+                        };
+                        Ok((ServerFrame::SyncBatch { req_id, entries }, next))
+                    }
+                }
+            }
+            .await;
+            Some(match r {
+                Ok((frame, next)) => (frame, next),
+                Err(e) => (service_error(req_id, &e), SyncStep::Done),
+            })
+        }
+    }))
+}
+
+fn single(services: Arc<Services>, user: Arc<str>, conn_id: u64, frame: ClientFrame) -> Reply {
+    Box::pin(
+        stream::once(async move {
+            let req_id = frame.req_id();
+            let r: Result<Vec<ServerFrame>, ServiceError> = async {
+                Ok(match frame {
+                    ClientFrame::Login { .. } => vec![error_frame(
+                        Some(req_id),
+                        codes::BAD_PARAMS,
+                        "already logged in on this connection",
+                    )],
+                    ClientFrame::Ping { .. } => vec![ServerFrame::Pong {
+                        req_id,
+                        server_time: services.clock().now_ms(),
+                        head: services.store().head(&user).await?,
+                    }],
+                    ClientFrame::Send {
                         to,
                         body,
                         msg_random,
@@ -305,79 +365,78 @@ fn handle(services: Arc<Services>, user: Arc<str>, conn_id: u64, frame: ClientFr
                         online_only,
                         no_unread,
                         no_last_msg,
-                        sender_copy: SenderCopy::Timeline,
-                    };
-                    let r = services.send(&user, req, Some(conn_id)).await?;
-                    vec![ServerFrame::SendAck {
-                        req_id,
-                        msg_key: r.message.msg_key,
-                        msg_time: r.message.msg_time,
-                        msg_seq: r.message.msg_seq,
-                        msg_random: r.message.msg_random,
-                        entry: r.sender_entry,
-                        duplicate: r.duplicate,
-                    }]
-                }
-                ClientFrame::Sync { after, .. } => {
-                    let (entries, cursor) = services.sync(&user, after).await?;
-                    let batch = services.config().sync_batch.max(1);
-                    let mut frames: Vec<ServerFrame> =
-                        Vec::with_capacity(entries.len() / batch + 2);
-                    let mut it = entries.into_iter().peekable();
-                    while it.peek().is_some() {
-                        frames.push(ServerFrame::SyncBatch {
+                        ..
+                    } => {
+                        let req = SendRequest {
+                            to,
+                            body,
+                            msg_random,
+                            msg_seq,
+                            cloud_custom_data,
+                            online_only,
+                            no_unread,
+                            no_last_msg,
+                            sender_copy: SenderCopy::Timeline,
+                        };
+                        let r = services.send(&user, req, Some(conn_id)).await?;
+                        vec![ServerFrame::SendAck {
                             req_id,
-                            entries: it.by_ref().take(batch).collect(),
-                        });
+                            msg_key: r.message.msg_key,
+                            msg_time: r.message.msg_time,
+                            msg_seq: r.message.msg_seq,
+                            msg_random: r.message.msg_random,
+                            entry: r.sender_entry,
+                            duplicate: r.duplicate,
+                        }]
                     }
-                    frames.push(ServerFrame::SyncFinished {
-                        req_id,
-                        cursor,
-                        epoch: services.store().epoch().to_string(),
-                    });
-                    frames
-                }
-                ClientFrame::History {
-                    peer,
-                    before,
-                    count,
-                    ..
-                } => {
-                    let (messages, complete) =
-                        services.history(&user, &peer, before, count).await?;
-                    vec![ServerFrame::HistoryPage {
-                        req_id,
+                    ClientFrame::Sync { .. } => {
+                        return Err(ServiceError::Internal(
+                            "sync is answered by sync_stream".into(),
+                        ));
+                    }
+                    ClientFrame::History {
                         peer,
-                        messages,
-                        complete,
-                    }]
-                }
-                ClientFrame::Conversations { cursor, count, .. } => {
-                    let (conversations, next) =
-                        services.conversations(&user, cursor, count).await?;
-                    vec![ServerFrame::ConversationPage {
-                        req_id,
-                        conversations,
-                        next_cursor: next.unwrap_or(0),
-                        complete: next.is_none(),
-                    }]
-                }
-                ClientFrame::MarkRead { peer, .. } => {
-                    services.mark_read(&user, &peer).await?;
-                    vec![ServerFrame::Ok { req_id }]
-                }
-                ClientFrame::Recall { msg_key, .. } => {
-                    services.recall(&user, &msg_key).await?;
-                    vec![ServerFrame::Ok { req_id }]
-                }
-                ClientFrame::SetProfile { nick, face_url, .. } => {
-                    services.set_profile(&user, nick, face_url).await?;
-                    vec![ServerFrame::Ok { req_id }]
-                }
-                ClientFrame::Logout { .. } => vec![ServerFrame::Ok { req_id }],
-            })
-        }
-        .await;
-        r.unwrap_or_else(|e| vec![service_error(req_id, &e)])
-    })
+                        before,
+                        count,
+                        ..
+                    } => {
+                        let (messages, complete) =
+                            services.history(&user, &peer, before, count).await?;
+                        vec![ServerFrame::HistoryPage {
+                            req_id,
+                            peer,
+                            messages,
+                            complete,
+                        }]
+                    }
+                    ClientFrame::Conversations { cursor, count, .. } => {
+                        let (conversations, next) =
+                            services.conversations(&user, cursor, count).await?;
+                        vec![ServerFrame::ConversationPage {
+                            req_id,
+                            conversations,
+                            next_cursor: next.unwrap_or(0),
+                            complete: next.is_none(),
+                        }]
+                    }
+                    ClientFrame::MarkRead { peer, .. } => {
+                        services.mark_read(&user, &peer).await?;
+                        vec![ServerFrame::Ok { req_id }]
+                    }
+                    ClientFrame::Recall { msg_key, .. } => {
+                        services.recall(&user, &msg_key).await?;
+                        vec![ServerFrame::Ok { req_id }]
+                    }
+                    ClientFrame::SetProfile { nick, face_url, .. } => {
+                        services.set_profile(&user, nick, face_url).await?;
+                        vec![ServerFrame::Ok { req_id }]
+                    }
+                    ClientFrame::Logout { .. } => vec![ServerFrame::Ok { req_id }],
+                })
+            }
+            .await;
+            r.unwrap_or_else(|e| vec![service_error(req_id, &e)])
+        })
+        .flat_map(stream::iter),
+    )
 }

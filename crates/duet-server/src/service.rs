@@ -270,18 +270,20 @@ impl Services {
         })
     }
 
-    /// Entries after `after`, with the newest `sync_per_conversation` messages
-    /// per conversation. Returns the entries and the cursor to keep.
-    pub async fn sync(&self, user: &str, after: u64) -> Result<(Vec<Entry>, u64), ServiceError> {
-        let head = self.store.head(user).await?;
-        if after >= head {
-            return Ok((Vec::new(), head));
-        }
-        let entries = self
+    /// At most `limit` entries of `user` in `(after, upto]`, keeping the newest
+    /// `sync_per_conversation` messages per conversation of that range. Page
+    /// with `after` = the last returned `seq`.
+    pub async fn sync_page(
+        &self,
+        user: &str,
+        after: u64,
+        upto: u64,
+        limit: u32,
+    ) -> Result<Vec<Entry>, ServiceError> {
+        Ok(self
             .store
-            .sync(user, after, head, self.config.sync_per_conversation)
-            .await?;
-        Ok((entries, head))
+            .sync(user, after, upto, self.config.sync_per_conversation, limit)
+            .await?)
     }
 
     /// A history page with `peer`, newest first.

@@ -814,8 +814,9 @@ impl Store for PostgresStore {
         after: u64,
         upto: u64,
         per_conversation: u32,
+        limit: u32,
     ) -> StoreResult<Vec<Entry>> {
-        if upto <= after {
+        if upto <= after || limit == 0 {
             return Ok(Vec::new());
         }
         // A window no wider than the cut cannot hold more than
@@ -825,11 +826,15 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let rows = if uncut {
             let stmt = client.prepare_cached(sql::SYNC_ALL).await.map_err(db)?;
-            client.query(&stmt, &[&user, &after, &upto]).await
+            let limit = i64::from(limit);
+            client.query(&stmt, &[&user, &after, &upto, &limit]).await
         } else {
             let stmt = client.prepare_cached(sql::SYNC_CUT).await.map_err(db)?;
             let per = i64::from(per_conversation);
-            client.query(&stmt, &[&user, &after, &upto, &per]).await
+            let limit = i64::from(limit);
+            client
+                .query(&stmt, &[&user, &after, &upto, &per, &limit])
+                .await
         }
         .map_err(db)?;
         rows.iter().map(entry_at).collect()

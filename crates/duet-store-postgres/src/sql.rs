@@ -268,7 +268,7 @@ pub(crate) const SYNC_ALL: &str = concat!(
     " FROM timeline t LEFT JOIN messages m ON m.msg_id = t.msg_id \
      WHERE t.user_id = $1::text AND t.seq > $2::bigint AND t.seq <= $3::bigint \
        AND (t.kind <> 0 OR m.msg_id IS NOT NULL) \
-     ORDER BY t.seq"
+     ORDER BY t.seq LIMIT $4::bigint"
 );
 
 /// As [`SYNC_ALL`], keeping only the newest `$4` message entries per peer.
@@ -284,7 +284,7 @@ pub(crate) const SYNC_CUT: &str = concat!(
     msg_cols!("m"),
     " FROM w LEFT JOIN messages m ON m.msg_id = w.msg_id \
      WHERE w.kind <> 0 OR w.rn <= $4::bigint \
-     ORDER BY w.seq"
+     ORDER BY w.seq LIMIT $5::bigint"
 );
 
 /// `$1`'s messages with `$2` below entry `$3`, newest first, at most `$4`.

@@ -65,7 +65,7 @@ async fn assert_timeline_gap_free(store: &dyn Store, user: &str) -> u64 {
         .await
         .unwrap_or_else(|e| panic!("head({user}): {e}"));
     let entries = store
-        .sync(user, 0, head, u32::MAX)
+        .sync(user, 0, head, u32::MAX, u32::MAX)
         .await
         .unwrap_or_else(|e| panic!("sync({user}): {e}"));
     let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
@@ -320,7 +320,10 @@ async fn out_of_range_and_closed() {
             }
             assert_eq!(store.head("bob").await, Ok(0), "nothing was written");
             // Query bounds saturate instead.
-            assert_eq!(store.sync("bob", 0, u64::MAX, 20).await, Ok(Vec::new()));
+            assert_eq!(
+                store.sync("bob", 0, u64::MAX, 20, u32::MAX).await,
+                Ok(Vec::new())
+            );
             assert_eq!(
                 store.history("bob", "alice", Some(u64::MAX), 10).await,
                 Ok(Vec::new())

@@ -96,7 +96,7 @@ async fn send_throughput() {
                 let u = format!("u{u}");
                 let head = store.head(&u).await.unwrap_or_else(|e| panic!("head: {e}"));
                 store
-                    .sync(&u, 0, head, 20)
+                    .sync(&u, 0, head, 20, u32::MAX)
                     .await
                     .unwrap_or_else(|e| panic!("sync: {e}"));
                 store

@@ -264,12 +264,13 @@ impl Store for SqliteStore {
         after: u64,
         upto: u64,
         per_conversation: u32,
+        limit: u32,
     ) -> StoreResult<Vec<Entry>> {
-        if upto <= after {
+        if upto <= after || limit == 0 {
             return Ok(Vec::new());
         }
         let user = user.to_owned();
-        self.read(move |c| reads::sync(c, &user, after, upto, per_conversation))
+        self.read(move |c| reads::sync(c, &user, after, upto, per_conversation, limit))
             .await
     }
 

@@ -21,7 +21,7 @@ const SYNC_ALL: &str = concat!(
     " FROM timeline t LEFT JOIN messages m ON m.msg_id = t.msg_id \
      WHERE t.user_id = ?1 AND t.seq > ?2 AND t.seq <= ?3 \
        AND (t.kind <> 0 OR m.msg_id IS NOT NULL) \
-     ORDER BY t.seq"
+     ORDER BY t.seq LIMIT ?4"
 );
 
 /// As [`SYNC_ALL`], keeping only the newest `?4` message entries per peer.
@@ -37,7 +37,7 @@ const SYNC_CUT: &str = concat!(
     msg_cols!(),
     " FROM w LEFT JOIN messages m ON m.msg_id = w.msg_id \
      WHERE w.kind <> 0 OR w.rn <= ?4 \
-     ORDER BY w.seq"
+     ORDER BY w.seq LIMIT ?5"
 );
 
 pub(crate) fn sync(
@@ -46,8 +46,9 @@ pub(crate) fn sync(
     after: u64,
     upto: u64,
     per_conversation: u32,
+    limit: u32,
 ) -> StoreResult<Vec<Entry>> {
-    if upto <= after {
+    if upto <= after || limit == 0 {
         return Ok(Vec::new());
     }
     let (after, upto) = (sql_u64(after), sql_u64(upto));
@@ -56,13 +57,19 @@ pub(crate) fn sync(
     let uncut = u64::try_from(upto - after).is_ok_and(|w| w <= u64::from(per_conversation));
     let result = if uncut {
         conn.prepare_cached(SYNC_ALL).and_then(|mut s| {
-            s.query_map(params![user, after, upto], entry_at)?
+            s.query_map(params![user, after, upto, i64::from(limit)], entry_at)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
     } else {
         conn.prepare_cached(SYNC_CUT).and_then(|mut s| {
             s.query_map(
-                params![user, after, upto, i64::from(per_conversation)],
+                params![
+                    user,
+                    after,
+                    upto,
+                    i64::from(per_conversation),
+                    i64::from(limit)
+                ],
                 entry_at,
             )?
             .collect::<rusqlite::Result<Vec<_>>>()

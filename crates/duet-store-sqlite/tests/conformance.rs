@@ -235,7 +235,10 @@ async fn failing_jobs_do_not_spoil_their_batch() {
     for u in users {
         let head = store.head(u).await.expect("head");
         total += head;
-        let entries = store.sync(u, 0, head, u32::MAX).await.expect("sync");
+        let entries = store
+            .sync(u, 0, head, u32::MAX, u32::MAX)
+            .await
+            .expect("sync");
         let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
         assert_eq!(
             seqs,
@@ -273,14 +276,18 @@ async fn huge_bounds_are_clamped() {
     store.send(text("alice", "bob", 1, T)).await.expect("send");
     assert_eq!(
         store
-            .sync("bob", 0, u64::MAX, 10)
+            .sync("bob", 0, u64::MAX, 10, u32::MAX)
             .await
             .expect("sync")
             .len(),
         1
     );
     assert_eq!(
-        store.sync("bob", 0, u64::MAX, 0).await.expect("sync").len(),
+        store
+            .sync("bob", 0, u64::MAX, 0, u32::MAX)
+            .await
+            .expect("sync")
+            .len(),
         0
     );
     assert_eq!(

@@ -103,7 +103,7 @@ async fn send_throughput() {
     for u in 0..200 {
         let u = format!("u{u}");
         let head = store.head(&u).await.expect("head");
-        store.sync(&u, 0, head, 20).await.expect("sync");
+        store.sync(&u, 0, head, 20, u32::MAX).await.expect("sync");
         store.history(&u, "u5", None, 20).await.expect("history");
         store.conversations(&u, 0, 50).await.expect("convs");
     }

@@ -221,11 +221,45 @@ impl<'a> Kit<'a> {
         self.sync(user, 0, head, u32::MAX).await
     }
 
+    /// One unlimited call; every check also verifies that paging through the
+    /// same range with small limits yields exactly the same entries.
     async fn sync(&self, user: &str, after: u64, upto: u64, per: u32) -> Vec<Entry> {
-        self.store
-            .sync(user, after, upto, per)
+        let all = self
+            .store
+            .sync(user, after, upto, per, u32::MAX)
             .await
-            .unwrap_or_else(|e| panic!("sync({user:?}, {after}, {upto}, {per}) failed: {e}"))
+            .unwrap_or_else(|e| panic!("sync({user:?}, {after}, {upto}, {per}) failed: {e}"));
+        for limit in [1, 2, 3] {
+            let mut paged = Vec::new();
+            let mut from = after;
+            loop {
+                let page = self
+                    .store
+                    .sync(user, from, upto, per, limit)
+                    .await
+                    .unwrap_or_else(|e| panic!("paged sync failed: {e}"));
+                assert!(
+                    page.len() <= limit as usize,
+                    "sync returned more than its limit"
+                );
+                let Some(last) = page.last() else { break };
+                from = last.seq;
+                paged.extend(page);
+            }
+            assert_eq!(
+                paged, all,
+                "sync({user:?}, {after}, {upto}, {per}) paged by {limit} differs from one call"
+            );
+        }
+        assert!(
+            self.store
+                .sync(user, after, upto, per, 0)
+                .await
+                .unwrap_or_else(|e| panic!("sync with limit 0 failed: {e}"))
+                .is_empty(),
+            "limit 0 returns nothing"
+        );
+        all
     }
 
     async fn history(

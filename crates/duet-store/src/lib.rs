@@ -209,14 +209,18 @@ pub trait Store: Send + Sync + 'static {
     /// The newest entry number of `user`'s timeline (0 if none).
     async fn head(&self, user: &str) -> StoreResult<u64>;
 
-    /// Entries of `user` with `after < seq <= upto`, in order. Message entries
-    /// are cut to the newest `per_conversation` per peer; other entries are all returned.
+    /// Entries of `user` with `after < seq <= upto`, in order, at most `limit`
+    /// of them (Law 6: callers page). Message entries are cut to the newest
+    /// `per_conversation` per peer; other entries are all returned. The cut
+    /// only depends on newer entries, so paging with `after` = the last
+    /// returned `seq` yields exactly the entries of one unlimited call.
     async fn sync(
         &self,
         user: &str,
         after: u64,
         upto: u64,
         per_conversation: u32,
+        limit: u32,
     ) -> StoreResult<Vec<Entry>>;
 
     /// `user`'s view of the conversation with `peer`: up to `count` messages

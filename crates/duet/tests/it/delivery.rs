@@ -46,7 +46,11 @@ async fn live_delivery_reaches_the_recipient() {
 
 #[tokio::test]
 async fn offline_messages_arrive_at_login_in_order_exactly_once_then_sync_finished() {
-    let server = TestServer::start().await;
+    // Small sync pages, so the 30 offline messages come in several batches.
+    let server = TestServer::builder()
+        .config(|c| c.sync_batch = 7)
+        .spawn()
+        .await;
     // bob must exist (logging in creates the account).
     let (bob_conn, _) = server.login_raw("bob", "phone").await;
     bob_conn.close().await;
@@ -116,7 +120,10 @@ async fn offline_messages_arrive_at_login_in_order_exactly_once_then_sync_finish
 #[tokio::test]
 async fn offline_sync_hands_over_the_newest_per_conversation_and_history_has_the_rest() {
     let server = TestServer::builder()
-        .config(|c| c.sync_per_conversation = 5)
+        .config(|c| {
+            c.sync_per_conversation = 5;
+            c.sync_batch = 2;
+        })
         .spawn()
         .await;
     let (bob_conn, _) = server.login_raw("bob", "phone").await;
