@@ -150,8 +150,22 @@ impl Connection {
             closed: AtomicBool::new(false),
         });
         tokio::spawn(async move {
-            while let Some(m) = out_rx.recv().await {
-                if sink.send(m).await.is_err() {
+            // Write what is queued, then flush once: one syscall for many frames.
+            'outer: while let Some(m) = out_rx.recv().await {
+                if sink.feed(m).await.is_err() {
+                    break;
+                }
+                for _ in 1..64 {
+                    match out_rx.try_recv() {
+                        Ok(m) => {
+                            if sink.feed(m).await.is_err() {
+                                break 'outer;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if sink.flush().await.is_err() {
                     break;
                 }
             }

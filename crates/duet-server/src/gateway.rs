@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use duet_proto::{ClientFrame, PROTOCOL_VERSION, ServerFrame, codes, limits, parse_client_frame};
 use duet_store::SenderCopy;
 use futures_util::stream::{self, BoxStream, SelectAll};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 
@@ -70,20 +70,26 @@ pub async fn serve_socket(
                 break;
             }
             Some(out) = rx.recv() => {
-                match out {
-                    Outbound::Frame(t) => {
-                        if !send_text(&mut ws, t).await { break; }
-                    }
-                    Outbound::Kick(t) => {
-                        let _ = send_text(&mut ws, t).await;
+                match write_ready(&mut ws, Ready::Out(out), &mut rx, &mut inflight).await {
+                    Written::Ok => {}
+                    Written::Kicked => {
                         close_reason = Some((1000, "kicked offline"));
                         session = None; // the hub already dropped it
                         break;
                     }
+                    Written::Failed => break,
                 }
             }
             Some(frame) = inflight.next(), if !inflight.is_empty() => {
-                if !send_frames(&mut ws, vec![frame]).await { break; }
+                match write_ready(&mut ws, Ready::Reply(frame), &mut rx, &mut inflight).await {
+                    Written::Ok => {}
+                    Written::Kicked => {
+                        close_reason = Some((1000, "kicked offline"));
+                        session = None;
+                        break;
+                    }
+                    Written::Failed => break,
+                }
             }
             msg = ws.recv(), if inflight.len() < max_inflight => {
                 let Some(Ok(msg)) = msg else { break };
@@ -152,11 +158,64 @@ pub async fn serve_socket(
     }
 }
 
-async fn send_text(ws: &mut WebSocket, t: Utf8Bytes) -> bool {
-    matches!(
-        timeout(WRITE_TIMEOUT, ws.send(WsMessage::Text(t))).await,
-        Ok(Ok(()))
-    )
+/// Most frames written before one flush.
+const WRITE_BATCH: usize = 64;
+
+enum Ready {
+    Out(Outbound),
+    Reply(ServerFrame),
+}
+
+enum Written {
+    Ok,
+    Kicked,
+    Failed,
+}
+
+/// Writes `first` and whatever else is ready right now (queued deliveries,
+/// finished replies), up to [`WRITE_BATCH`] frames, with one flush: one
+/// syscall for many frames under load.
+async fn write_ready(
+    ws: &mut WebSocket,
+    first: Ready,
+    rx: &mut mpsc::Receiver<Outbound>,
+    inflight: &mut SelectAll<Reply>,
+) -> Written {
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(item) = next.take() {
+        let (text, kick) = match item {
+            Ready::Out(Outbound::Frame(t)) => (t, false),
+            Ready::Out(Outbound::Kick(t)) => (t, true),
+            Ready::Reply(f) => (frame_text(&f), false),
+        };
+        if !matches!(
+            timeout(WRITE_TIMEOUT, ws.feed(WsMessage::Text(text))).await,
+            Ok(Ok(()))
+        ) {
+            return Written::Failed;
+        }
+        n += 1;
+        if kick {
+            let _ = timeout(WRITE_TIMEOUT, ws.flush()).await;
+            return Written::Kicked;
+        }
+        if n >= WRITE_BATCH {
+            break;
+        }
+        next = match rx.try_recv() {
+            Ok(o) => Some(Ready::Out(o)),
+            Err(_) => match inflight.next().now_or_never() {
+                Some(Some(f)) => Some(Ready::Reply(f)),
+                _ => None,
+            },
+        };
+    }
+    if matches!(timeout(WRITE_TIMEOUT, ws.flush()).await, Ok(Ok(()))) {
+        Written::Ok
+    } else {
+        Written::Failed
+    }
 }
 
 async fn send_frames(ws: &mut WebSocket, frames: Vec<ServerFrame>) -> bool {

@@ -78,12 +78,30 @@ impl Hub {
     }
 
     /// Delivers to this node's devices of `user` (except `except`) and, through
-    /// the bus, to the other nodes' devices.
-    pub fn route(&self, user: &str, frame: &Utf8Bytes, except: Option<u64>) -> usize {
-        if let Some(bus) = self.bus.get() {
-            bus.publish(user, frame);
+    /// the bus, to the other nodes' devices. `frame` is only built when some
+    /// device may want it (a device of `user` here, or a bus).
+    pub fn route(
+        &self,
+        user: &str,
+        frame: impl FnOnce() -> Utf8Bytes,
+        except: Option<u64>,
+    ) -> usize {
+        let bus = self.bus.get();
+        if bus.is_none() && !self.has_devices(user, except) {
+            return 0;
         }
-        self.deliver(user, frame, except)
+        let frame = frame();
+        if let Some(bus) = bus {
+            bus.publish(user, &frame);
+        }
+        self.deliver(user, &frame, except)
+    }
+
+    /// Whether `user` has a device here other than `except`.
+    pub fn has_devices(&self, user: &str, except: Option<u64>) -> bool {
+        self.shard(user)
+            .get(user)
+            .is_some_and(|v| v.iter().any(|d| Some(d.conn_id) != except))
     }
 
     /// A fresh connection id.

@@ -202,9 +202,9 @@ impl Services {
                 // Store first, then deliver (Law 4).
                 let sender_seq = sender_entry.as_ref().map(|e| e.seq);
                 self.hub
-                    .route(&message.to, &entry_frame(recipient_entry), None);
+                    .route(&message.to, || entry_frame(recipient_entry), None);
                 if let Some(e) = sender_entry {
-                    self.hub.route(&message.from, &entry_frame(e), origin);
+                    self.hub.route(&message.from, || entry_frame(e), origin);
                 }
                 SendResult {
                     message,
@@ -259,9 +259,9 @@ impl Services {
         let frame = frame_text(&ServerFrame::OnlineMessage {
             message: message.clone(),
         });
-        self.hub.route(&message.to, &frame, None);
+        self.hub.route(&message.to, || frame.clone(), None);
         if req.sender_copy == SenderCopy::Timeline {
-            self.hub.route(&message.from, &frame, origin);
+            self.hub.route(&message.from, || frame.clone(), origin);
         }
         Ok(SendResult {
             message,
@@ -329,9 +329,9 @@ impl Services {
             .store
             .mark_read(user, peer, self.clock.now_secs(), self.clock.now_ms())
             .await?;
-        self.hub.route(user, &entry_frame(out.reader_entry), None);
+        self.hub.route(user, || entry_frame(out.reader_entry), None);
         if let Some(e) = out.peer_entry {
-            self.hub.route(peer, &entry_frame(e), None);
+            self.hub.route(peer, || entry_frame(e), None);
         }
         Ok(())
     }
@@ -364,9 +364,10 @@ impl Services {
                 ));
             }
         };
-        self.hub.route(&to, &entry_frame(out.recipient_entry), None);
+        self.hub
+            .route(&to, || entry_frame(out.recipient_entry), None);
         if let Some(e) = out.sender_entry {
-            self.hub.route(user, &entry_frame(e), None);
+            self.hub.route(user, || entry_frame(e), None);
         }
         Ok(())
     }
