@@ -124,6 +124,14 @@ pub fn ws_url(server: &str) -> String {
     }
 }
 
+fn ws_config() -> WebSocketConfig {
+    let mut cfg = WebSocketConfig::default();
+    cfg.read_buffer_size = 16 * 1024;
+    cfg.write_buffer_size = 0;
+    cfg.max_message_size = Some(64 << 20);
+    cfg
+}
+
 fn take_pending(inner: &Inner) -> HashMap<u64, Waiter> {
     std::mem::take(&mut *inner.pending.lock().unwrap_or_else(|p| p.into_inner()))
 }
@@ -133,13 +141,31 @@ impl Connection {
     /// Returns the connection and the channel of pushes.
     pub async fn connect(server: &str) -> SdkResult<(Connection, mpsc::UnboundedReceiver<Push>)> {
         let url = ws_url(server);
-        let mut cfg = WebSocketConfig::default();
-        cfg.read_buffer_size = 16 * 1024;
-        cfg.write_buffer_size = 0;
-        cfg.max_message_size = Some(64 << 20);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(cfg), true)
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(ws_config()), true)
             .await
             .map_err(|e| SdkError::Io(format!("{url}: {e}")))?;
+        Ok(Self::start(ws))
+    }
+
+    /// Connects over a TCP stream the caller opened (for example bound to a
+    /// chosen source address, as the load generator does).
+    pub async fn connect_with_stream(
+        server: &str,
+        tcp: tokio::net::TcpStream,
+    ) -> SdkResult<(Connection, mpsc::UnboundedReceiver<Push>)> {
+        let url = ws_url(server);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(&url, tcp, Some(ws_config()))
+            .await
+            .map_err(|e| SdkError::Io(format!("{url}: {e}")))?;
+        Ok(Self::start(ws))
+    }
+
+    fn start<S>(
+        ws: tokio_tungstenite::WebSocketStream<S>,
+    ) -> (Connection, mpsc::UnboundedReceiver<Push>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut sink, mut stream) = ws.split();
         let (out_tx, mut out_rx) = mpsc::channel::<WsMessage>(1024);
         let (push_tx, push_rx) = mpsc::unbounded_channel();
@@ -233,7 +259,7 @@ impl Connection {
             }
             let _ = push_tx.send(Push::Closed);
         });
-        Ok((Connection { inner }, push_rx))
+        (Connection { inner }, push_rx)
     }
 
     /// Whether the socket is gone.
