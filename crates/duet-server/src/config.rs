@@ -58,7 +58,7 @@ impl ServerConfig {
             max_devices_per_platform: 3,
             max_connections: 1_000_000,
             outbound_queue: 1024,
-            max_inflight_per_connection: 256,
+            max_inflight_per_connection: 64,
             ws_buffer: 4096,
         }
     }

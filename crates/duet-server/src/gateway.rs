@@ -2,11 +2,14 @@
 //! (see `docs/protocol.md`). It parses frames, calls the services, and writes
 //! answers and live deliveries back. Errors are mapped to codes here, once.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
-use duet_proto::{ClientFrame, PROTOCOL_VERSION, ServerFrame, codes, limits, parse_client_frame};
+use duet_proto::{
+    ClientFrame, Entry, PROTOCOL_VERSION, ServerFrame, codes, limits, parse_client_frame,
+};
 use duet_store::SenderCopy;
 use futures_util::stream::{self, BoxStream, SelectAll};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -338,65 +341,83 @@ fn handle(services: Arc<Services>, user: Arc<str>, conn_id: u64, frame: ClientFr
     single(services, user, conn_id, frame)
 }
 
-enum SyncStep {
-    Start,
-    Page { from: u64, head: u64 },
-    Finish { head: u64 },
-    Done,
+/// Entries read from the store per query. Each query evaluates the
+/// per-conversation cut over the rest of the range, so reading in large pages
+/// keeps a long drain linear; the pages go out in frames of `sync_batch`.
+const SYNC_READ: u32 = 2048;
+
+struct SyncState {
+    from: u64,
+    head: Option<u64>,
+    buf: VecDeque<Entry>,
+    store_done: bool,
+    finished: bool,
 }
 
-/// `sync`: pages of at most `sync_batch` entries, read one at a time as the
-/// socket takes them, then `sync_finished`.
+/// `sync`: frames of at most `sync_batch` entries, read as the socket takes
+/// them, then `sync_finished`.
 fn sync_stream(services: Arc<Services>, user: Arc<str>, req_id: u64, after: u64) -> Reply {
-    Box::pin(stream::unfold(SyncStep::Start, move |step| {
+    let state = SyncState {
+        from: after,
+        head: None,
+        buf: VecDeque::new(),
+        store_done: false,
+        finished: false,
+    };
+    Box::pin(stream::unfold(state, move |mut st| {
         let services = services.clone();
         let user = user.clone();
         async move {
-            if matches!(step, SyncStep::Done) {
+            if st.finished {
                 return None;
             }
-            let batch = services.config().sync_batch.clamp(1, u32::MAX as usize) as u32;
-            let r: Result<(ServerFrame, SyncStep), ServiceError> = async {
-                let (from, head) = match step {
-                    SyncStep::Done => return Err(ServiceError::Unavailable),
-                    SyncStep::Finish { head } => {
-                        let f = ServerFrame::SyncFinished {
-                            req_id,
-                            cursor: head,
-                            epoch: services.store().epoch().to_string(),
-                        };
-                        return Ok((f, SyncStep::Done));
-                    }
-                    SyncStep::Start => (after, services.store().head(&user).await?),
-                    SyncStep::Page { from, head } => (from, head),
-                };
-                let entries = services.sync_page(&user, from, head, batch).await?;
-                match entries.last().map(|e| e.seq) {
-                    None => {
-                        let f = ServerFrame::SyncFinished {
-                            req_id,
-                            cursor: head,
-                            epoch: services.store().epoch().to_string(),
-                        };
-                        Ok((f, SyncStep::Done))
-                    }
-                    Some(last) => {
-                        let next = if entries.len() < batch as usize {
-                            SyncStep::Finish { head }
-                        } else {
-                            SyncStep::Page { from: last, head }
-                        };
-                        Ok((ServerFrame::SyncBatch { req_id, entries }, next))
-                    }
+            let frame = match next_sync_frame(&services, &user, req_id, &mut st).await {
+                Ok(f) => f,
+                Err(e) => {
+                    st.finished = true;
+                    service_error(req_id, &e)
                 }
-            }
-            .await;
-            Some(match r {
-                Ok((frame, next)) => (frame, next),
-                Err(e) => (service_error(req_id, &e), SyncStep::Done),
-            })
+            };
+            Some((frame, st))
         }
     }))
+}
+
+async fn next_sync_frame(
+    services: &Services,
+    user: &str,
+    req_id: u64,
+    st: &mut SyncState,
+) -> Result<ServerFrame, ServiceError> {
+    let head = match st.head {
+        Some(h) => h,
+        None => {
+            let h = services.store().head(user).await?;
+            st.head = Some(h);
+            h
+        }
+    };
+    if st.buf.is_empty() && !st.store_done {
+        let page = services.sync_page(user, st.from, head, SYNC_READ).await?;
+        st.store_done = page.len() < SYNC_READ as usize;
+        if let Some(last) = page.last() {
+            st.from = last.seq;
+        }
+        st.buf.extend(page);
+    }
+    if st.buf.is_empty() {
+        st.finished = true;
+        return Ok(ServerFrame::SyncFinished {
+            req_id,
+            cursor: head,
+            epoch: services.store().epoch().to_string(),
+        });
+    }
+    let n = services.config().sync_batch.clamp(1, st.buf.len());
+    Ok(ServerFrame::SyncBatch {
+        req_id,
+        entries: st.buf.drain(..n).collect(),
+    })
 }
 
 fn single(services: Arc<Services>, user: Arc<str>, conn_id: u64, frame: ClientFrame) -> Reply {

@@ -99,7 +99,15 @@ pub async fn start_with_hub(
     metrics: Arc<Metrics>,
     hub: Arc<Hub>,
 ) -> std::io::Result<ServerHandle> {
-    let listener = TcpListener::bind(config.listen).await?;
+    // A deep accept backlog: logins arrive in bursts (mio's default is 128).
+    let socket = if config.listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(config.listen)?;
+    let listener: TcpListener = socket.listen(4096)?;
     let addr = listener.local_addr()?;
     let config = Arc::new(config);
     let services = Arc::new(Services::new(store, hub, clock, config.clone(), metrics));

@@ -48,11 +48,30 @@ enum Cmd {
     Read(client::ReadArgs),
     /// Recall one of your messages.
     Recall(client::RecallArgs),
+    /// Load generator: connections, online, offline and history scenarios.
+    Bench(duet_bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.cmd, Cmd::Serve(_));
+    if let Cmd::Bench(args) = cli.cmd {
+        // The generator builds its own single-threaded runtime (one core).
+        let key = match settings::find_key(&cli.app) {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        return match duet_bench::run(args, key) {
+            Ok(_) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DUET_LOG").unwrap_or_else(|_| {
@@ -81,6 +100,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Conversations(a) => client::conversations(&cli.app, a).await,
             Cmd::Read(a) => client::read(&cli.app, a).await,
             Cmd::Recall(a) => client::recall(&cli.app, a).await,
+            Cmd::Bench(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match r {

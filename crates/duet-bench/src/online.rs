@@ -1,0 +1,78 @@
+//! `online`: U online users in pairs sending to each other; throughput,
+//! end-to-end latency, delivery accounting, CPU.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use anyhow::{Result, bail};
+
+use crate::client::{self, Client, Target};
+use crate::load::{self, LoadResult, LoadSpec, LoadUser};
+use crate::report::Summary;
+
+/// Logs in `count` users `<prefix>-<tag><i>` and pairs them (0↔1, 2↔3, …).
+pub async fn pair_up(target: &Target, tag: &str, count: usize) -> Result<Vec<LoadUser>> {
+    if count < 2 || !count.is_multiple_of(2) {
+        bail!("users must be an even number, at least 2 (got {count})");
+    }
+    let names: Vec<String> = (0..count).map(|i| target.user(tag, i)).collect();
+    let clients = client::login_all(target, names, 256).await?;
+    let mut users = Vec::with_capacity(count);
+    for (i, c) in clients.into_iter().enumerate() {
+        let Client {
+            user, conn, pushes, ..
+        } = c;
+        let Some(pushes) = pushes else {
+            bail!("no push channel for {user}");
+        };
+        users.push(LoadUser {
+            user,
+            conn,
+            pushes,
+            partner: i ^ 1,
+        });
+    }
+    Ok(users)
+}
+
+/// Copies a load result into the summary.
+pub fn report(r: LoadResult, s: &mut Summary) {
+    let secs = r.measured_secs.max(1e-9);
+    s.measured_secs = r.measured_secs;
+    s.sent = Some(r.sent);
+    s.acked = Some(r.acked);
+    s.delivered = Some(r.delivered);
+    s.sent_per_sec = Some(r.sent as f64 / secs);
+    s.acked_per_sec = Some(r.acked as f64 / secs);
+    s.delivered_per_sec = Some(r.delivered as f64 / secs);
+    s.lost = Some(r.lost);
+    s.lost_found_in_history = r.lost_found_in_history;
+    s.duplicated = Some(r.duplicated);
+    s.out_of_order = Some(r.out_of_order);
+    s.send_errors = Some(r.send_errors);
+    s.unacked = Some(r.unacked);
+    s.disconnects = Some(r.disconnects);
+    s.latency_ms = r.e2e.summary();
+    s.ack_latency_ms = r.ack.summary();
+    s.schedule_lag_max_ms = r.schedule_lag_max_ms;
+    s.server_cpu_pct = r.server_cpu_pct;
+    s.client_cpu_pct = r.client_cpu_pct;
+    s.server_rss_kib = r.server_rss_kib;
+    s.client_rss_kib = crate::procstat::rss_kib(None);
+    s.add_errors(r.errors);
+    if let Some(lag) = r.schedule_lag_max_ms
+        && lag > 100.0
+    {
+        s.notes.push(format!(
+            "the generator fell {lag:.0} ms behind its schedule: the offered rate was not held"
+        ));
+    }
+}
+
+/// Runs the scenario.
+pub async fn run(target: &Target, users: usize, spec: &LoadSpec, s: &mut Summary) -> Result<()> {
+    let users = pair_up(target, "o", users).await?;
+    let r = load::run(users, spec, Rc::new(Cell::new(false))).await;
+    report(r, s);
+    Ok(())
+}
