@@ -59,7 +59,7 @@ impl ServerConfig {
             max_connections: 1_000_000,
             outbound_queue: 1024,
             max_inflight_per_connection: 64,
-            ws_buffer: 4096,
+            ws_buffer: 1024,
         }
     }
 }
