@@ -289,3 +289,52 @@ async fn a_lost_live_hint_is_healed_by_the_heartbeat() {
     let m = bob.next_message().await;
     assert_eq!(m.body[0].as_text(), Some("hint lost"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_from_one_device_keep_their_order() {
+    let server = TestServer::start().await;
+    let mut bob = server.client("bob").connect().await;
+    bob.until_synced().await;
+    let (alice, _) = server.login_raw("alice", "d").await;
+    // 60 sends in flight at once on one connection, issued in order.
+    let sends: Vec<_> = (0..60)
+        .map(|i| {
+            let alice = alice.clone();
+            async move {
+                alice
+                    .send(
+                        "bob",
+                        vec![MsgElem::text(format!("p{i}"))],
+                        Default::default(),
+                    )
+                    .await
+            }
+        })
+        .collect();
+    let acks = futures_util::future::join_all(sends).await;
+    let mut entries: Vec<u64> = acks
+        .iter()
+        .map(|a| a.as_ref().unwrap().entry.unwrap())
+        .collect();
+    let sorted = {
+        let mut s = entries.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(
+        entries, sorted,
+        "timeline order follows the order of the requests"
+    );
+    entries.dedup();
+    let mut got = Vec::new();
+    for _ in 0..60 {
+        got.push(
+            bob.next_message().await.body[0]
+                .as_text()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let expected: Vec<String> = (0..60).map(|i| format!("p{i}")).collect();
+    assert_eq!(got, expected);
+}
