@@ -80,13 +80,20 @@ CREATE INDEX conversations_time ON conversations (last_time);
 ";
 
 const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
-/// Page cache per connection, in KiB (negative `cache_size`).
+/// Page cache per reader connection, in KiB (negative `cache_size`).
 const CACHE_KIB: i64 = 32 * 1024;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 64;
 
-/// Opens the writer connection: WAL, fsync at every commit, no foreign keys.
-pub(crate) fn open_writer(path: &Path) -> StoreResult<Connection> {
+/// Page cache of the writer connection, in KiB: a batch's dirty pages must
+/// fit (else SQLite spills them to the WAL early); it is a ceiling, not an
+/// allocation.
+const WRITER_CACHE_KIB: i64 = 128 * 1024;
+
+/// Opens the writer connection: WAL, fsync at every commit, no foreign keys,
+/// no automatic checkpoints (the checkpointer thread does them), and the WAL
+/// file cut back to `wal_limit` bytes whenever it starts over.
+pub(crate) fn open_writer(path: &Path, wal_limit: u64) -> StoreResult<Connection> {
     let conn = Connection::open(path).map_err(db)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
     let mode: String = conn
@@ -104,9 +111,32 @@ pub(crate) fn open_writer(path: &Path) -> StoreResult<Connection> {
         .map_err(db)?;
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(db)?;
-    conn.pragma_update(None, "cache_size", -CACHE_KIB)
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+        .map_err(db)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(db)?;
+    conn.pragma_update(None, "journal_size_limit", size_limit(wal_limit))
         .map_err(db)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// `journal_size_limit` for a limit in bytes.
+fn size_limit(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+/// Opens the checkpointer's connection. `synchronous=FULL`: a checkpoint
+/// fsyncs the WAL before copying it and the database after.
+pub(crate) fn open_checkpointer(path: &Path, wal_limit: u64) -> StoreResult<Connection> {
+    let conn = Connection::open(path).map_err(db)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(db)?;
+    conn.pragma_update(None, "journal_size_limit", size_limit(wal_limit))
+        .map_err(db)?;
     Ok(conn)
 }
 

@@ -1,63 +1,134 @@
 //! The writer thread: one connection, a bounded job queue, group commit.
 //!
-//! Callers enqueue jobs (closures over the connection). The thread blocks for
-//! one job, drains up to `max_batch - 1` more without blocking, and runs them
-//! all in one `BEGIN IMMEDIATE … COMMIT`, each inside its own savepoint so a
-//! failing job leaves no trace and does not spoil the batch. Only after the
-//! `COMMIT` (an fsync in WAL mode with `synchronous=FULL`) are the results
-//! delivered: durable before ack (Law 1).
+//! Callers enqueue jobs. The thread blocks for one job, drains up to
+//! `max_batch - 1` more without blocking, and runs them all in one
+//! `BEGIN IMMEDIATE … COMMIT`. Only after the `COMMIT` (an fsync in WAL mode
+//! with `synchronous=FULL`) are the results delivered: durable before ack
+//! (Law 1).
+//!
+//! **Failure isolation without savepoints.** Every job checks everything it
+//! can refuse (unknown accounts, missing messages, …) before its first write,
+//! so a refusal leaves nothing to undo: the job fails alone and the batch goes
+//! on. The writer verifies this rather than trusting it: a job that fails
+//! after changing a row (an I/O error, a constraint broken by corruption, a
+//! panic) is *dirty*. Then the batch rolls back and is re-run in parts: the
+//! jobs before the dirty one commit together, the dirty one runs alone first
+//! in a transaction (failing alone if it fails again), the rest go on as a new
+//! batch. Jobs are therefore re-runnable: they read their input by reference.
+//!
+//! **Timeline heads** come from [`Accounts`], the writer's cache of account
+//! state; they are written back to `accounts.head` once per account per batch,
+//! inside the batch's transaction (Law 3). `PRAGMA data_version` is checked at
+//! each `BEGIN`: if any other connection wrote, the cache is dropped.
+//!
+//! **Checkpoints** run on a [`Checkpointer`] thread with its own connection
+//! (`wal_autocheckpoint` is off on the writer), so copying the WAL back into
+//! the database does not stall commits. If it falls far behind, the writer
+//! finishes the checkpoint itself between batches, which bounds the WAL.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use duet_store::{StoreError, StoreResult};
 use rusqlite::Connection;
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::CommitObserver;
+use crate::accounts::{AccountState, Accounts};
+use crate::{CommitObserver, db, schema};
+
+/// A write job's view of the transaction: the connection and the accounts
+/// as the transaction sees them.
+pub(crate) struct Tx<'a> {
+    conn: &'a Connection,
+    accounts: &'a mut Accounts,
+}
+
+impl<'a> Tx<'a> {
+    /// The writer connection, inside the batch's transaction.
+    pub(crate) fn conn(&self) -> &'a Connection {
+        self.conn
+    }
+
+    /// `user`'s account as this transaction sees it (`None`: no such account).
+    pub(crate) fn account(&mut self, user: &str) -> StoreResult<Option<AccountState>> {
+        self.accounts.get(self.conn, user)
+    }
+
+    /// Takes the next entry number of `user`'s timeline: `state` (from
+    /// [`Tx::account`] in this job) moved to head + 1. Call only once the job
+    /// will write the entry.
+    pub(crate) fn next_seq(&mut self, user: &str, state: &AccountState) -> u64 {
+        let seq = state.head + 1;
+        self.accounts.set_head(user, state.clone(), seq);
+        seq
+    }
+
+    /// Records `user`'s new profile (or new account) written by this job.
+    pub(crate) fn put_account(&mut self, user: &str, state: AccountState) {
+        self.accounts.put(user, state, false);
+    }
+}
+
+/// How a job's run went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    /// It succeeded.
+    Ok,
+    /// It failed before changing anything: it fails alone, the batch goes on.
+    Refused,
+    /// It failed after changing rows (or the transaction is gone): the batch
+    /// must roll back.
+    Dirty,
+}
 
 /// One unit of work for the writer.
 trait Job: Send {
-    /// Runs the job's statements; returns whether it succeeded.
-    fn run(&mut self, conn: &Connection) -> bool;
+    /// Runs the job's statements (again, if the batch was re-run).
+    fn run(&mut self, tx: &mut Tx<'_>) -> Ran;
     /// Delivers the job's result, or `failure` if its batch did not commit.
     fn complete(self: Box<Self>, failure: Option<StoreError>);
 }
 
-struct Typed<T, F> {
-    f: Option<F>,
-    out: Option<StoreResult<T>>,
-    tx: oneshot::Sender<StoreResult<T>>,
+/// The body of a write: runs on the writer thread inside a transaction; must
+/// not write anything before its last possible refusal (see the module doc).
+pub(crate) type WriteFn<I, W> = fn(&mut Tx<'_>, &I) -> StoreResult<W>;
+
+struct Typed<I, W> {
+    input: I,
+    run: WriteFn<I, W>,
+    out: Option<StoreResult<W>>,
+    tx: oneshot::Sender<StoreResult<(I, W)>>,
 }
 
-impl<T, F> Job for Typed<T, F>
-where
-    T: Send,
-    F: FnOnce(&Connection) -> StoreResult<T> + Send,
-{
-    fn run(&mut self, conn: &Connection) -> bool {
-        let Some(f) = self.f.take() else {
-            return false;
-        };
-        let out = catch_unwind(AssertUnwindSafe(|| f(conn)))
+impl<I: Send, W: Send> Job for Typed<I, W> {
+    fn run(&mut self, tx: &mut Tx<'_>) -> Ran {
+        let before = tx.conn.total_changes();
+        let (run, input) = (self.run, &self.input);
+        let out = catch_unwind(AssertUnwindSafe(|| run(tx, input)))
             .unwrap_or_else(|_| Err(StoreError::Backend("write job panicked".into())));
-        let ok = out.is_ok();
+        let ran = match &out {
+            Ok(_) => Ran::Ok,
+            Err(_) if tx.conn.total_changes() == before && !tx.conn.is_autocommit() => Ran::Refused,
+            Err(_) => Ran::Dirty,
+        };
         self.out = Some(out);
-        ok
+        ran
     }
 
     fn complete(self: Box<Self>, failure: Option<StoreError>) {
-        let result = match failure {
-            Some(e) => Err(e),
-            None => self
-                .out
-                .unwrap_or_else(|| Err(StoreError::Backend("write job did not run".into()))),
+        let Typed { input, out, tx, .. } = *self;
+        let result = match (failure, out) {
+            (Some(e), _) => Err(e),
+            (None, Some(Ok(w))) => Ok((input, w)),
+            (None, Some(Err(e))) => Err(e),
+            (None, None) => Err(StoreError::Backend("write job did not run".into())),
         };
         // The caller may have given up waiting; nothing to do then.
-        let _ = self.tx.send(result);
+        let _ = tx.send(result);
     }
 }
 
@@ -66,44 +137,74 @@ enum Msg {
     Shutdown,
 }
 
-/// Handle to the writer thread.
+/// How the writer thread is set up.
+pub(crate) struct WriterConfig {
+    /// Most jobs waiting for the writer (Law 6).
+    pub(crate) queue: usize,
+    /// Most jobs per transaction.
+    pub(crate) max_batch: usize,
+    /// Most accounts the writer's cache keeps.
+    pub(crate) cached_accounts: usize,
+    /// WAL file size (bytes) past which the writer finishes a checkpoint
+    /// itself; the writer connection must have been opened with it.
+    pub(crate) wal_limit: u64,
+    /// Told about each committed batch.
+    pub(crate) observer: Option<Arc<dyn CommitObserver>>,
+}
+
+/// Handle to the writer thread (and its checkpointer).
 pub(crate) struct Writer {
     tx: mpsc::Sender<Msg>,
     /// Bounds the queue (Law 6); a permit is returned when its job completes.
     permits: Arc<Semaphore>,
     closed: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Checkpointer,
 }
 
 impl Writer {
-    /// Starts the writer thread owning `conn`.
-    pub(crate) fn start(
-        conn: Connection,
-        queue: usize,
-        max_batch: usize,
-        observer: Option<Arc<dyn CommitObserver>>,
-    ) -> StoreResult<Self> {
+    /// Starts the writer thread owning `conn` (the database at `path`), and
+    /// the checkpointer thread.
+    pub(crate) fn start(conn: Connection, path: &Path, cfg: WriterConfig) -> StoreResult<Self> {
+        let checkpointer = Checkpointer::start(path, cfg.wal_limit)?;
         let (tx, rx) = mpsc::channel();
-        let permits = Arc::new(Semaphore::new(queue.max(1)));
+        let permits = Arc::new(Semaphore::new(cfg.queue.max(1)));
+        let state = WriterState {
+            conn,
+            accounts: Accounts::new(cfg.cached_accounts),
+            data_version: None,
+            observer: cfg.observer,
+            checkpoints: Arc::clone(&checkpointer.shared),
+        };
         let thread_permits = Arc::clone(&permits);
-        let max_batch = max_batch.max(1);
+        let max_batch = cfg.max_batch.max(1);
         let thread = std::thread::Builder::new()
             .name("duet-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch, observer, thread_permits))
-            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+            .spawn(move || writer_loop(state, rx, max_batch, thread_permits))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")));
+        let thread = match thread {
+            Ok(thread) => thread,
+            Err(e) => {
+                checkpointer.stop();
+                return Err(e);
+            }
+        };
         Ok(Writer {
             tx,
             permits,
             closed: AtomicBool::new(false),
             thread: Mutex::new(Some(thread)),
+            checkpointer,
         })
     }
 
-    /// Runs `f` in the writer's next batch; returns its result once committed.
-    pub(crate) async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    /// Runs `run(tx, &input)` in the writer's next batch; once the batch is
+    /// durably committed, returns the input back with what `run` returned.
+    /// If `run` fails, nothing it wrote is kept.
+    pub(crate) async fn write<I, W>(&self, input: I, run: WriteFn<I, W>) -> StoreResult<(I, W)>
     where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        I: Send + 'static,
+        W: Send + 'static,
     {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
@@ -117,7 +218,8 @@ impl Writer {
         permit.forget();
         let (tx, rx) = oneshot::channel();
         let job = Box::new(Typed {
-            f: Some(f),
+            input,
+            run,
             out: None,
             tx,
         });
@@ -128,13 +230,11 @@ impl Writer {
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Stops accepting jobs, lets the thread commit what is queued, joins it.
-    /// Idempotent; a concurrent second call waits for the first.
+    /// Stops accepting jobs, lets the thread commit what is queued, joins it,
+    /// then stops the checkpointer. Idempotent; a concurrent second call waits
+    /// for the first.
     pub(crate) fn close(&self) {
-        let mut thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
         if !self.closed.swap(true, Ordering::AcqRel) {
             self.permits.close();
             let _ = self.tx.send(Msg::Shutdown);
@@ -144,14 +244,24 @@ impl Writer {
         {
             tracing::error!("sqlite store: the writer thread panicked");
         }
+        self.checkpointer.stop();
     }
 }
 
-fn writer_loop(
+/// Everything the writer thread owns.
+struct WriterState {
     conn: Connection,
+    accounts: Accounts,
+    /// `PRAGMA data_version` at the last `BEGIN`; `None` before the first.
+    data_version: Option<i64>,
+    observer: Option<Arc<dyn CommitObserver>>,
+    checkpoints: Arc<CheckpointShared>,
+}
+
+fn writer_loop(
+    mut st: WriterState,
     rx: mpsc::Receiver<Msg>,
     max_batch: usize,
-    observer: Option<Arc<dyn CommitObserver>>,
     permits: Arc<Semaphore>,
 ) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
@@ -179,58 +289,715 @@ fn writer_loop(
             }
         }
         let jobs = batch.len();
-        let started = Instant::now();
-        commit_batch(&conn, &mut batch, started, observer.as_deref());
+        commit_batch(&mut st, &mut batch, Instant::now());
         permits.add_permits(jobs);
+        st.checkpoints.after_commit(&st.conn);
     }
     tracing::debug!("sqlite store: writer stopped");
 }
 
-fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+fn exec(conn: &Connection, sql: &str) -> StoreResult<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+        .map_err(db)
 }
 
-/// Runs and commits one batch, tells the observer, then completes every job
-/// (emptying `batch`): whoever sees an ack also sees the commit counted.
-fn commit_batch(
-    conn: &Connection,
-    batch: &mut Vec<Box<dyn Job>>,
-    started: Instant,
-    observer: Option<&dyn CommitObserver>,
-) {
-    let outcome = run_batch(conn, batch);
-    match outcome {
-        Ok(()) => {
-            if let Some(observer) = observer {
-                observer.batch_committed(batch.len(), started.elapsed());
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(e) = exec(conn, "ROLLBACK")
+    {
+        tracing::error!(error = %e, "sqlite store: rollback failed");
+    }
+}
+
+/// Why a run of jobs did not commit.
+enum Failed {
+    /// The job at this index (of the run) failed after writing.
+    Dirty(usize),
+    /// The transaction itself failed (`BEGIN`, head write-back, `COMMIT`).
+    Tx(StoreError),
+}
+
+/// Runs and commits one batch (in parts if a job fails dirty), tells the
+/// observer, then completes every job (emptying `batch`): whoever sees an ack
+/// also sees the commit counted.
+fn commit_batch(st: &mut WriterState, batch: &mut Vec<Box<dyn Job>>, started: Instant) {
+    let mut failures: Vec<Option<StoreError>> = Vec::new();
+    let (mut start, mut end) = (0, batch.len());
+    while start < batch.len() {
+        let Some(part) = batch.get_mut(start..end) else {
+            break;
+        };
+        match run_jobs(st, part) {
+            Ok(()) => {
+                st.accounts.batch_committed();
+                (start, end) = (end, batch.len());
             }
-            for job in batch.drain(..) {
-                job.complete(None);
+            Err(Failed::Dirty(i)) => {
+                rollback(&st.conn);
+                st.accounts.batch_rolled_back();
+                tracing::warn!(
+                    job = start + i,
+                    jobs = end - start,
+                    "sqlite store: a write failed after writing; re-running its batch in parts"
+                );
+                if i == 0 {
+                    // It failed first in its transaction: the failure is its own.
+                    (start, end) = (start + 1, batch.len());
+                } else {
+                    end = start + i;
+                }
+            }
+            Err(Failed::Tx(e)) => {
+                rollback(&st.conn);
+                st.accounts.batch_rolled_back();
+                tracing::error!(jobs = end - start, error = %e, "sqlite store: batch failed");
+                if failures.is_empty() {
+                    failures.resize(batch.len(), None);
+                }
+                for slot in failures.iter_mut().take(end).skip(start) {
+                    *slot = Some(e.clone());
+                }
+                (start, end) = (end, batch.len());
             }
         }
-        Err(e) => {
-            tracing::error!(jobs = batch.len(), error = %e, "sqlite store: batch failed");
-            if !conn.is_autocommit()
-                && let Err(e) = exec(conn, "ROLLBACK")
-            {
-                tracing::error!(error = %e, "sqlite store: rollback failed");
+    }
+    let committed = batch.len() - failures.iter().filter(|f| f.is_some()).count();
+    if committed > 0
+        && let Some(observer) = &st.observer
+    {
+        observer.batch_committed(committed, started.elapsed());
+    }
+    let mut failures = failures.into_iter();
+    for job in batch.drain(..) {
+        job.complete(failures.next().flatten());
+    }
+}
+
+/// `BEGIN IMMEDIATE`, dropping the account cache if another connection wrote.
+fn begin(st: &mut WriterState) -> StoreResult<()> {
+    exec(&st.conn, "BEGIN IMMEDIATE")?;
+    let version: i64 = st
+        .conn
+        .prepare_cached("PRAGMA data_version")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(db)?;
+    if st.data_version != Some(version) {
+        if st.data_version.is_some() {
+            tracing::info!("sqlite store: another connection wrote; account cache dropped");
+        }
+        st.accounts.invalidate();
+        st.data_version = Some(version);
+    }
+    Ok(())
+}
+
+/// Runs `jobs` in one transaction and commits it.
+fn run_jobs(st: &mut WriterState, jobs: &mut [Box<dyn Job>]) -> Result<(), Failed> {
+    begin(st).map_err(Failed::Tx)?;
+    for (i, job) in jobs.iter_mut().enumerate() {
+        let mut tx = Tx {
+            conn: &st.conn,
+            accounts: &mut st.accounts,
+        };
+        match job.run(&mut tx) {
+            Ran::Ok => st.accounts.job_succeeded(),
+            Ran::Refused => st.accounts.job_failed(),
+            Ran::Dirty => {
+                st.accounts.job_failed();
+                return Err(Failed::Dirty(i));
             }
-            let failure = StoreError::Backend(e.to_string());
-            for job in batch.drain(..) {
-                job.complete(Some(failure.clone()));
+        }
+    }
+    st.accounts.write_heads(&st.conn).map_err(Failed::Tx)?;
+    exec(&st.conn, "COMMIT").map_err(Failed::Tx)
+}
+
+// ---------------------------------------------------------------------------
+// Checkpoints
+// ---------------------------------------------------------------------------
+
+/// Least time between two background checkpoints: pages rewritten by several
+/// batches in between are copied once.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
+/// Between checkpoints when no commit asks for one.
+const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
+
+/// State shared by the writer and the checkpointer thread.
+struct CheckpointShared {
+    /// Commits so far (the checkpointer runs when it changes), and the stop flag.
+    state: Mutex<(u64, bool)>,
+    wake: Condvar,
+    /// Held while a checkpoint runs, by either thread.
+    running: Mutex<()>,
+    /// The WAL file.
+    wal_path: PathBuf,
+    /// The WAL file's size past which the writer finishes a checkpoint.
+    wal_limit: u64,
+}
+
+impl CheckpointShared {
+    /// Called by the writer after each batch: wakes the checkpointer, and
+    /// finishes a checkpoint itself if the WAL has not started over for too long.
+    ///
+    /// The WAL starts over (its next frames overwrite its beginning) only if
+    /// the writer's transaction began with every frame checkpointed, which a
+    /// busy writer never gives a background checkpoint time to achieve. The
+    /// first commit after a start-over cuts the file back to
+    /// `wal_limit` (`journal_size_limit`), so a longer file means it has not started
+    /// over since: then the writer, between batches, checkpoints the little the
+    /// checkpointer has not copied yet, and its next commit starts the WAL over
+    /// (Law 6: the WAL stays bounded whatever the checkpointer's pace).
+    fn after_commit(&self, conn: &Connection) {
+        {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.0 = state.0.wrapping_add(1);
+        }
+        self.wake.notify_one();
+        let wal_len = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+        if wal_len > self.wal_limit {
+            self.checkpoint(conn, "writer");
+        }
+    }
+
+    /// Runs a passive checkpoint on `conn`.
+    fn checkpoint(&self, conn: &Connection, who: &str) {
+        let _running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = conn
+            .prepare_cached("PRAGMA wal_checkpoint(PASSIVE)")
+            .and_then(|mut s| {
+                s.query_row([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+            });
+        match result {
+            Ok((busy, log, done)) => {
+                tracing::trace!(who, busy, log, done, "sqlite store: checkpoint");
             }
+            Err(e) => tracing::warn!(who, error = %e, "sqlite store: checkpoint failed"),
         }
     }
 }
 
-fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
-    exec(conn, "BEGIN IMMEDIATE")?;
-    for job in batch.iter_mut() {
-        exec(conn, "SAVEPOINT job")?;
-        if !job.run(conn) {
-            exec(conn, "ROLLBACK TO job")?;
-        }
-        exec(conn, "RELEASE job")?;
+/// The checkpointer thread.
+struct Checkpointer {
+    shared: Arc<CheckpointShared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path, wal_limit: u64) -> StoreResult<Self> {
+        let conn = schema::open_checkpointer(path, wal_limit)?;
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let shared = Arc::new(CheckpointShared {
+            state: Mutex::new((0, false)),
+            wake: Condvar::new(),
+            running: Mutex::new(()),
+            wal_path: PathBuf::from(wal_path),
+            wal_limit,
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("duet-sqlite-ckpt".into())
+            .spawn(move || checkpoint_loop(&conn, &thread_shared))
+            .map_err(|e| StoreError::Backend(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
     }
-    exec(conn, "COMMIT")
+
+    /// Stops the thread (after a last checkpoint) and joins it. Idempotent.
+    fn stop(&self) {
+        let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+        {
+            let mut state = self
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            state.1 = true;
+        }
+        self.shared.wake.notify_one();
+        if let Some(handle) = thread.take()
+            && handle.join().is_err()
+        {
+            tracing::error!("sqlite store: the checkpoint thread panicked");
+        }
+    }
+}
+
+/// Checkpoints after commits, at most every [`CHECKPOINT_INTERVAL`] (and every
+/// [`CHECKPOINT_IDLE`] regardless); a last one when stopped.
+fn checkpoint_loop(conn: &Connection, shared: &CheckpointShared) {
+    let mut seen = 0;
+    loop {
+        let stop = {
+            let state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let (state, _) = shared
+                .wake
+                .wait_timeout_while(state, CHECKPOINT_IDLE, |(commits, stop)| {
+                    *commits == seen && !*stop
+                })
+                .unwrap_or_else(PoisonError::into_inner);
+            seen = state.0;
+            state.1
+        };
+        let started = Instant::now();
+        shared.checkpoint(conn, "checkpointer");
+        if stop {
+            break;
+        }
+        // Rest until the interval is over, unless told to stop.
+        let state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let rest = CHECKPOINT_INTERVAL.saturating_sub(started.elapsed());
+        drop(
+            shared
+                .wake
+                .wait_timeout_while(state, rest, |(_, stop)| !*stop)
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+    }
+    tracing::debug!("sqlite store: checkpointer stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    //! Writer-level checks: jobs are forced into one batch by holding the
+    //! writer in a "gate" job until they are all queued.
+
+    use std::sync::atomic::AtomicUsize;
+
+    use duet_proto::MsgElem;
+    use duet_store::{NewMessage, SendOutcome, SenderCopy};
+
+    use super::*;
+    use crate::writes::{self, EnsureAccount, SetProfile};
+
+    const T: u64 = 1_700_000_000_000;
+
+    #[derive(Default)]
+    struct Batches {
+        sizes: Mutex<Vec<usize>>,
+    }
+
+    impl CommitObserver for Batches {
+        fn batch_committed(&self, jobs: usize, _latency: Duration) {
+            self.sizes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(jobs);
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        writer: Arc<Writer>,
+        batches: Arc<Batches>,
+        queue: usize,
+    }
+
+    fn open(dir: tempfile::TempDir, cached_accounts: usize, wal_limit: u64) -> Fixture {
+        let path = dir.path().join("duet.db");
+        let mut conn = schema::open_writer(&path, wal_limit).expect("open");
+        schema::migrate(&mut conn).expect("migrate");
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v BLOB)")
+            .expect("test table");
+        let batches = Arc::new(Batches::default());
+        let queue = 1024;
+        let writer = Writer::start(
+            conn,
+            &path,
+            WriterConfig {
+                queue,
+                max_batch: queue,
+                cached_accounts,
+                wal_limit,
+                observer: Some(batches.clone()),
+            },
+        )
+        .expect("writer");
+        Fixture {
+            _dir: dir,
+            path,
+            writer: Arc::new(writer),
+            batches,
+            queue,
+        }
+    }
+
+    fn fixture(cached_accounts: usize) -> Fixture {
+        open(
+            tempfile::TempDir::new().expect("dir"),
+            cached_accounts,
+            1 << 26,
+        )
+    }
+
+    type Gate = (mpsc::Sender<()>, Mutex<mpsc::Receiver<()>>);
+
+    /// A job to enqueue: given the writer, spawns the task that awaits it.
+    type Boxed<T> = Box<dyn FnOnce(Arc<Writer>) -> tokio::task::JoinHandle<T>>;
+
+    /// Holds the writer thread until released.
+    fn gate(_tx: &mut Tx<'_>, gate: &Gate) -> StoreResult<()> {
+        let _ = gate.0.send(());
+        let _ = gate.1.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        Ok(())
+    }
+
+    impl Fixture {
+        /// Runs `jobs` (each enqueued in order) in one batch; returns their results.
+        async fn one_batch<T: Send + 'static>(&self, jobs: Vec<Boxed<T>>) -> Vec<T> {
+            let (started_tx, started_rx) = mpsc::channel();
+            let (release_tx, release_rx) = mpsc::channel();
+            let writer = Arc::clone(&self.writer);
+            let held = tokio::spawn(async move {
+                writer
+                    .write((started_tx, Mutex::new(release_rx)), gate)
+                    .await
+                    .map(|_| ())
+            });
+            tokio::task::spawn_blocking(move || started_rx.recv())
+                .await
+                .expect("join")
+                .expect("the gate runs");
+            let before = self.batches.sizes.lock().expect("sizes").len();
+            let n = jobs.len();
+            let mut handles = Vec::new();
+            for job in jobs {
+                handles.push(job(Arc::clone(&self.writer)));
+                // Enqueue in order: wait until this one holds its queue slot.
+                while self.writer.permits.available_permits() > self.queue - 1 - handles.len() {
+                    tokio::task::yield_now().await;
+                }
+            }
+            release_tx.send(()).expect("release");
+            held.await.expect("join").expect("gate");
+            let mut out = Vec::new();
+            for h in handles {
+                out.push(h.await.expect("join"));
+            }
+            let sizes = self.batches.sizes.lock().expect("sizes");
+            assert_eq!(
+                sizes.get(before + 1..),
+                Some(&[n][..]),
+                "the jobs were committed as one batch"
+            );
+            out
+        }
+
+        fn count(&self, sql: &str) -> i64 {
+            let conn = Connection::open(&self.path).expect("open");
+            conn.query_row(sql, [], |r| r.get(0)).expect("count")
+        }
+    }
+
+    fn insert_ok(tx: &mut Tx<'_>, k: &i64) -> StoreResult<i64> {
+        tx.conn()
+            .execute("INSERT INTO t (k) VALUES (?1)", [k])
+            .map_err(db)?;
+        Ok(*k)
+    }
+
+    fn refuse(_tx: &mut Tx<'_>, k: &i64) -> StoreResult<i64> {
+        Err(StoreError::UnknownAccount(format!("ghost{k}")))
+    }
+
+    fn fail_after_write(tx: &mut Tx<'_>, k: &i64) -> StoreResult<i64> {
+        insert_ok(tx, k)?;
+        Err(StoreError::Backend(format!("boom{k}")))
+    }
+
+    fn panic_after_write(tx: &mut Tx<'_>, k: &i64) -> StoreResult<i64> {
+        insert_ok(tx, k)?;
+        panic!("job {k} panics after writing");
+    }
+
+    fn panic_before_write(_tx: &mut Tx<'_>, k: &i64) -> StoreResult<i64> {
+        panic!("job {k} panics before writing");
+    }
+
+    fn job<I, W>(input: I, run: WriteFn<I, W>) -> Boxed<StoreResult<W>>
+    where
+        I: Send + 'static,
+        W: Send + 'static,
+    {
+        Box::new(move |w: Arc<Writer>| {
+            tokio::spawn(async move { w.write(input, run).await.map(|(_, out)| out) })
+        })
+    }
+
+    /// Refused jobs and jobs that fail (or panic) after writing each fail
+    /// alone; everything else in their batch commits; nothing of theirs stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failing_jobs_fail_alone_without_savepoints() {
+        let f = fixture(16);
+        let plan: Vec<(i64, WriteFn<i64, i64>)> = vec![
+            (1, insert_ok),
+            (2, fail_after_write),
+            (3, insert_ok),
+            (4, refuse),
+            (5, insert_ok),
+            (6, panic_after_write),
+            (7, panic_before_write),
+            (8, insert_ok),
+            (9, fail_after_write),
+        ];
+        let jobs = plan.iter().map(|&(k, run)| job(k, run)).collect();
+        let results = f.one_batch(jobs).await;
+        let ok: Vec<i64> = results.iter().filter_map(|r| r.clone().ok()).collect();
+        assert_eq!(ok, vec![1, 3, 5, 8], "the good jobs succeed");
+        assert_eq!(results[1], Err(StoreError::Backend("boom2".into())));
+        assert_eq!(results[3], Err(StoreError::UnknownAccount("ghost4".into())));
+        assert_eq!(
+            results[5],
+            Err(StoreError::Backend("write job panicked".into()))
+        );
+        assert_eq!(
+            results[6],
+            Err(StoreError::Backend("write job panicked".into()))
+        );
+        assert_eq!(results[8], Err(StoreError::Backend("boom9".into())));
+        assert_eq!(f.count("SELECT count(*) FROM t"), 4, "only their rows");
+        assert_eq!(
+            f.count("SELECT count(*) FROM t WHERE k IN (1, 3, 5, 8)"),
+            4,
+            "exactly the good jobs' rows"
+        );
+        f.writer.close();
+    }
+
+    fn text(from: &str, to: &str, seq: u32) -> NewMessage {
+        let body = vec![MsgElem::text(format!("{from}->{to} #{seq}"))];
+        NewMessage {
+            from: from.into(),
+            to: to.into(),
+            msg_seq: seq,
+            msg_random: 7,
+            msg_time: T / 1000,
+            body_json: serde_json::to_string(&body).expect("json"),
+            body,
+            cloud_custom_data: String::new(),
+            sender_copy: SenderCopy::Timeline,
+            no_unread: false,
+            no_last_msg: false,
+            now_ms: T,
+        }
+    }
+
+    /// A job's result, with a send's outcome if it is a send.
+    type Sent = StoreResult<Option<SendOutcome>>;
+
+    /// `job` as a job of a batch of sends and other writes.
+    fn other<T: Send + 'static>(job: Boxed<StoreResult<T>>) -> Boxed<Sent> {
+        Box::new(move |w: Arc<Writer>| {
+            let handle = job(w);
+            tokio::spawn(async move { handle.await.expect("join").map(|_| None) })
+        })
+    }
+
+    fn send(msg: NewMessage) -> Boxed<Sent> {
+        Box::new(move |w: Arc<Writer>| {
+            tokio::spawn(async move {
+                w.write(msg, writes::send)
+                    .await
+                    .map(|(msg, out)| Some(writes::send_outcome(msg, out)))
+            })
+        })
+    }
+
+    fn ensure(user: &str) -> Boxed<Sent> {
+        other(job(
+            EnsureAccount {
+                user: user.into(),
+                now_ms: T,
+            },
+            writes::ensure_account,
+        ))
+    }
+
+    /// A stored send's (recipient entry, sender entry, nick).
+    fn stored(out: &Sent) -> (u64, Option<u64>, String) {
+        match out {
+            Ok(Some(SendOutcome::Stored {
+                message,
+                recipient_entry,
+                sender_entry,
+            })) => (
+                recipient_entry.seq,
+                sender_entry.as_ref().map(|e| e.seq),
+                message.nick.clone(),
+            ),
+            unexpected => panic!("expected a stored send, got {unexpected:?}"),
+        }
+    }
+
+    fn heads(f: &Fixture) -> Vec<(String, i64)> {
+        let conn = Connection::open(&f.path).expect("open");
+        let mut stmt = conn
+            .prepare("SELECT user_id, head FROM accounts ORDER BY user_id")
+            .expect("prepare");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    /// Within one batch, the account state seen by each job includes the
+    /// earlier jobs' changes (new accounts, profiles, heads), but never those
+    /// of a job that failed, refused or dirty; with a cache of two accounts
+    /// for four users, entries to evicted accounts still number right; the
+    /// heads written back are the last numbers given, and survive a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn account_state_follows_the_batch() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let f = open(dir, 2, 1 << 26);
+        let setup = f
+            .one_batch(vec![ensure("alice"), ensure("bob"), ensure("carol")])
+            .await;
+        assert!(setup.iter().all(Result::is_ok));
+
+        let results = f
+            .one_batch(vec![
+                send(text("alice", "bob", 1)),
+                other(job(1, fail_after_write)),
+                // `dave` is created in this batch, then written to.
+                ensure("dave"),
+                send(text("bob", "dave", 2)),
+                send(text("alice", "ghost", 3)),
+                other(job(
+                    SetProfile {
+                        user: "alice".into(),
+                        nick: Some("Al".into()),
+                        face_url: None,
+                        now_ms: T,
+                    },
+                    writes::set_profile,
+                )),
+                other(job(2, panic_after_write)),
+                send(text("alice", "carol", 4)),
+                send(text("carol", "alice", 5)),
+                send(text("dave", "alice", 6)),
+                // A retry of #1 in the same batch: the original, no numbers taken.
+                send(text("alice", "bob", 1)),
+            ])
+            .await;
+        assert_eq!(stored(&results[0]), (1, Some(1), String::new()));
+        assert!(results[1].is_err() && results[6].is_err());
+        assert_eq!(stored(&results[3]), (1, Some(2), String::new()));
+        assert_eq!(results[4], Err(StoreError::UnknownAccount("ghost".into())));
+        assert!(matches!(results[2], Ok(None)) && matches!(results[5], Ok(None)));
+        assert_eq!(
+            stored(&results[7]),
+            (1, Some(2), "Al".into()),
+            "the new nick is seen by later jobs of the batch"
+        );
+        assert_eq!(stored(&results[8]), (3, Some(2), String::new()));
+        assert_eq!(stored(&results[9]), (4, Some(2), String::new()));
+        match &results[10] {
+            Ok(Some(SendOutcome::Duplicate {
+                sender_entry_seq, ..
+            })) => assert_eq!(*sender_entry_seq, Some(1)),
+            unexpected => panic!("expected a duplicate, got {unexpected:?}"),
+        }
+        let expected = vec![
+            ("alice".to_owned(), 4),
+            ("bob".to_owned(), 2),
+            ("carol".to_owned(), 2),
+            ("dave".to_owned(), 2),
+        ];
+        assert_eq!(heads(&f), expected, "heads are written back");
+        assert_eq!(
+            f.count("SELECT count(*) FROM timeline"),
+            10,
+            "one entry per number given"
+        );
+        assert_eq!(
+            f.count("SELECT count(*) FROM t"),
+            0,
+            "failed jobs left nothing"
+        );
+
+        // Reopen: the new writer starts from the stored heads.
+        f.writer.close();
+        let Fixture { _dir: dir, .. } = f;
+        let f = open(dir, 2, 1 << 26);
+        let results = f
+            .one_batch(vec![
+                send(text("alice", "bob", 7)),
+                send(text("dave", "carol", 8)),
+            ])
+            .await;
+        assert_eq!(stored(&results[0]), (3, Some(5), "Al".into()));
+        assert_eq!(stored(&results[1]), (3, Some(3), String::new()));
+        f.writer.close();
+    }
+
+    fn blob(tx: &mut Tx<'_>, k: &i64) -> StoreResult<()> {
+        tx.conn()
+            .execute("INSERT INTO t (k, v) VALUES (?1, zeroblob(16384))", [k])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// With commits back to back, the WAL still starts over: its file stays
+    /// near the limit however much is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wal_stays_bounded() {
+        let limit = 256 * 1024;
+        let f = open(tempfile::TempDir::new().expect("dir"), 16, limit);
+        let mut wal = f.path.clone().into_os_string();
+        wal.push("-wal");
+        let largest = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for task in 0..4_i64 {
+            let writer = Arc::clone(&f.writer);
+            let (wal, largest) = (wal.clone(), Arc::clone(&largest));
+            tasks.push(tokio::spawn(async move {
+                for i in 0..100 {
+                    writer.write(task * 1000 + i, blob).await.expect("write");
+                    let len = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                    largest.fetch_max(
+                        usize::try_from(len).unwrap_or(usize::MAX),
+                        Ordering::Relaxed,
+                    );
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("join");
+        }
+        let written = 400 * 16384;
+        let largest = largest.load(Ordering::Relaxed);
+        assert!(
+            written > 20 * limit as usize,
+            "the test writes far more than the limit"
+        );
+        assert!(
+            largest < 2 * limit as usize,
+            "the WAL file stayed bounded (largest {largest} bytes, limit {limit})"
+        );
+        f.writer.close();
+        assert_eq!(f.count("SELECT count(*) FROM t"), 400);
+    }
+
+    /// `close` stops both threads and is idempotent.
+    #[tokio::test]
+    async fn close_stops_writer_and_checkpointer() {
+        let f = fixture(16);
+        f.writer.write(1, insert_ok).await.expect("write");
+        f.writer.close();
+        f.writer.close();
+        assert!(f.writer.thread.lock().expect("lock").is_none());
+        assert!(f.writer.checkpointer.thread.lock().expect("lock").is_none());
+        assert_eq!(f.writer.write(2, insert_ok).await, Err(StoreError::Closed));
+    }
 }

@@ -1,5 +1,15 @@
-//! Write jobs: each runs on the writer connection inside its own savepoint,
-//! so an `Err` return leaves nothing behind (Law 7).
+//! Write jobs. Each runs on the writer thread inside its batch's transaction
+//! and follows one rule: **check everything that can refuse the write before
+//! the first write** (unknown accounts, missing or recalled messages, …). A
+//! refusal then leaves nothing behind and fails alone, without a savepoint;
+//! an error after the first write can only be a backend failure, and the
+//! writer isolates it by re-running the batch in parts (see `writer`).
+//! Jobs read their input by reference: they may run more than once.
+//!
+//! Timeline numbers come from [`Tx::next_seq`], taken only once the job is
+//! sure to write the entry (Law 3).
+
+use std::sync::Arc;
 
 use duet_proto::model::FLAG_RECALLED;
 use duet_proto::{Entry, EntryKind, Message, MsgKey, ReadReport, Recall};
@@ -9,54 +19,114 @@ use duet_store::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::accounts::AccountState;
 use crate::rows::{
     KIND_MESSAGE, KIND_READ, KIND_RECALL, account_at, message_at, msg_cols, sql_u64, u64_at,
 };
+use crate::writer::Tx;
 use crate::{UNREAD_CAP, db};
 
 const SELECT_ACCOUNT: &str =
     "SELECT user_id, nick, face_url, created_ms FROM accounts WHERE user_id = ?1";
 
-/// The account, if it exists (also used by the read path).
+/// The account, if it exists (the read path).
 pub(crate) fn account(conn: &Connection, user: &str) -> StoreResult<Option<Account>> {
     conn.prepare_cached(SELECT_ACCOUNT)
         .and_then(|mut s| s.query_row([user], account_at).optional())
         .map_err(db)
 }
 
-pub(crate) fn ensure_account(conn: &Connection, user: &str, now_ms: u64) -> StoreResult<Account> {
-    conn.prepare_cached(
-        "INSERT INTO accounts (user_id, created_ms) VALUES (?1, ?2) ON CONFLICT (user_id) DO NOTHING",
-    )
-    .and_then(|mut s| s.execute(params![user, sql_u64(now_ms)]))
-    .map_err(db)?;
-    account(conn, user)?
-        .ok_or_else(|| StoreError::Backend(format!("account {user:?} vanished after insert")))
+/// Input of [`ensure_account`].
+pub(crate) struct EnsureAccount {
+    pub(crate) user: String,
+    pub(crate) now_ms: u64,
 }
 
-pub(crate) fn set_profile(
-    conn: &Connection,
-    user: &str,
-    nick: Option<&str>,
-    face_url: Option<&str>,
-    now_ms: u64,
-) -> StoreResult<Account> {
-    conn.prepare_cached(
-        "INSERT INTO accounts (user_id, nick, face_url, created_ms) \
-         VALUES (?1, COALESCE(?2, ''), COALESCE(?3, ''), ?4) \
-         ON CONFLICT (user_id) DO UPDATE SET \
-           nick = COALESCE(?2, nick), face_url = COALESCE(?3, face_url) \
-         RETURNING user_id, nick, face_url, created_ms",
-    )
-    .and_then(|mut s| s.query_row(params![user, nick, face_url, sql_u64(now_ms)], account_at))
-    .map_err(db)
+/// Returns the account, creating it (empty profile) if missing.
+pub(crate) fn ensure_account(tx: &mut Tx<'_>, req: &EnsureAccount) -> StoreResult<Account> {
+    if let Some(state) = tx.account(&req.user)? {
+        return Ok(state.to_account(&req.user));
+    }
+    tx.conn()
+        .prepare_cached("INSERT INTO accounts (user_id, created_ms) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![req.user, sql_u64(req.now_ms)]))
+        .map_err(db)?;
+    let state = AccountState {
+        rowid: tx.conn().last_insert_rowid(),
+        head: 0,
+        nick: Arc::from(""),
+        face_url: Arc::from(""),
+        created_ms: req.now_ms,
+    };
+    let account = state.to_account(&req.user);
+    tx.put_account(&req.user, state);
+    Ok(account)
 }
 
-/// Takes the next entry number of `user`'s timeline; `None` if no such account.
-fn next_seq(conn: &Connection, user: &str) -> StoreResult<Option<u64>> {
-    conn.prepare_cached("UPDATE accounts SET head = head + 1 WHERE user_id = ?1 RETURNING head")
-        .and_then(|mut s| s.query_row([user], |r| u64_at(r, 0)).optional())
-        .map_err(db)
+/// Input of [`set_profile`].
+pub(crate) struct SetProfile {
+    pub(crate) user: String,
+    pub(crate) nick: Option<String>,
+    pub(crate) face_url: Option<String>,
+    pub(crate) now_ms: u64,
+}
+
+/// Updates the profile fields given; creates the account if missing.
+pub(crate) fn set_profile(tx: &mut Tx<'_>, req: &SetProfile) -> StoreResult<Account> {
+    let user = req.user.as_str();
+    let (nick, face_url) = (req.nick.as_deref(), req.face_url.as_deref());
+    let Some(mut state) = tx.account(user)? else {
+        tx.conn()
+            .prepare_cached(
+                "INSERT INTO accounts (user_id, nick, face_url, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    user,
+                    nick.unwrap_or_default(),
+                    face_url.unwrap_or_default(),
+                    sql_u64(req.now_ms)
+                ])
+            })
+            .map_err(db)?;
+        let state = AccountState {
+            rowid: tx.conn().last_insert_rowid(),
+            head: 0,
+            nick: Arc::from(nick.unwrap_or_default()),
+            face_url: Arc::from(face_url.unwrap_or_default()),
+            created_ms: req.now_ms,
+        };
+        let account = state.to_account(user);
+        tx.put_account(user, state);
+        return Ok(account);
+    };
+    let nick = nick.filter(|n| *n != &*state.nick);
+    let face_url = face_url.filter(|f| *f != &*state.face_url);
+    if nick.is_none() && face_url.is_none() {
+        return Ok(state.to_account(user));
+    }
+    let n = tx
+        .conn()
+        .prepare_cached(
+            "UPDATE accounts SET nick = COALESCE(?3, nick), face_url = COALESCE(?4, face_url) \
+             WHERE rowid = ?1 AND user_id = ?2",
+        )
+        .and_then(|mut s| s.execute(params![state.rowid, user, nick, face_url]))
+        .map_err(db)?;
+    if n != 1 {
+        return Err(StoreError::Backend(format!(
+            "account {user:?} is not where the writer's cache says"
+        )));
+    }
+    if let Some(nick) = nick {
+        state.nick = Arc::from(nick);
+    }
+    if let Some(face_url) = face_url {
+        state.face_url = Arc::from(face_url);
+    }
+    let account = state.to_account(user);
+    tx.put_account(user, state);
+    Ok(account)
 }
 
 fn insert_message_entry(
@@ -106,7 +176,8 @@ fn touch_conversation(
     unread: bool,
 ) -> StoreResult<()> {
     let unread = i64::from(unread);
-    let msg_time = msg.msg_time;
+    let msg_time = sql_u64(msg.msg_time);
+    let seq = sql_u64(seq);
     let result = if !msg.no_last_msg {
         conn.prepare_cached(
             "INSERT INTO conversations (user_id, peer, last_msg_id, last_time, last_seq, unread) \
@@ -117,13 +188,7 @@ fn touch_conversation(
         )
         .and_then(|mut s| {
             s.execute(params![
-                user,
-                peer,
-                msg_id,
-                sql_u64(msg_time),
-                sql_u64(seq),
-                unread,
-                UNREAD_CAP
+                user, peer, msg_id, msg_time, seq, unread, UNREAD_CAP
             ])
         })
     } else {
@@ -133,114 +198,141 @@ fn touch_conversation(
              VALUES (?1, ?2, NULL, ?3, ?4, ?5) \
              ON CONFLICT (user_id, peer) DO UPDATE SET unread = MIN(unread + excluded.unread, ?6)",
         )
-        .and_then(|mut s| {
-            s.execute(params![
-                user,
-                peer,
-                sql_u64(msg_time),
-                sql_u64(seq),
-                unread,
-                UNREAD_CAP
-            ])
-        })
+        .and_then(|mut s| s.execute(params![user, peer, msg_time, seq, unread, UNREAD_CAP]))
     };
     result.map_err(db)?;
     Ok(())
 }
 
-pub(crate) fn send(conn: &Connection, msg: NewMessage) -> StoreResult<SendOutcome> {
-    // Idempotency: a retry gets the original back and writes nothing.
-    let original = conn
-        .prepare_cached(concat!(
-            "SELECT ",
-            msg_cols!(),
-            ", m.sender_seq FROM messages m \
-             WHERE m.sender = ?1 AND m.msg_seq = ?2 AND m.msg_random = ?3"
-        ))
-        .and_then(|mut s| {
-            s.query_row(params![msg.from, msg.msg_seq, msg.msg_random], |r| {
-                Ok((message_at(r, 0)?, r.get::<_, Option<i64>>(10)?))
-            })
-            .optional()
-        })
-        .map_err(db)?;
-    if let Some((message, sender_seq)) = original {
-        return Ok(SendOutcome::Duplicate {
-            message,
-            sender_entry_seq: sender_seq.and_then(|s| u64::try_from(s).ok()),
-        });
-    }
+/// What [`send`] wrote; [`send_outcome`] turns it into the caller's answer
+/// (off the writer thread).
+#[derive(Debug)]
+pub(crate) enum SendWritten {
+    /// Stored with these numbers and this sender profile snapshot.
+    Stored {
+        nick: Arc<str>,
+        face_url: Arc<str>,
+        recipient_seq: u64,
+        sender_seq: Option<u64>,
+    },
+    /// A retry: the original, with the sender's entry number if it has one.
+    Duplicate {
+        message: Message,
+        sender_entry_seq: Option<u64>,
+    },
+}
 
-    // The recipient's entry number (and its existence).
-    let Some(recipient_seq) = next_seq(conn, &msg.to)? else {
-        return Err(StoreError::UnknownAccount(msg.to));
+/// The original of a retried message.
+fn original(conn: &Connection, msg: &NewMessage) -> StoreResult<Option<SendWritten>> {
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        msg_cols!(),
+        ", m.sender_seq FROM messages m \
+         WHERE m.sender = ?1 AND m.msg_seq = ?2 AND m.msg_random = ?3"
+    ))
+    .and_then(|mut s| {
+        s.query_row(params![msg.from, msg.msg_seq, msg.msg_random], |r| {
+            Ok(SendWritten::Duplicate {
+                message: message_at(r, 0)?,
+                sender_entry_seq: r
+                    .get::<_, Option<i64>>(10)?
+                    .and_then(|s| u64::try_from(s).ok()),
+            })
+        })
+        .optional()
+    })
+    .map_err(db)
+}
+
+/// Commits a message (see `Store::send`).
+pub(crate) fn send(tx: &mut Tx<'_>, msg: &NewMessage) -> StoreResult<SendWritten> {
+    // Refusals first: the recipient, then the sender must exist.
+    let Some(recipient) = tx.account(&msg.to)? else {
+        return Err(StoreError::UnknownAccount(msg.to.clone()));
     };
     // A message to oneself gets one entry (the recipient's) and no unread.
     let self_send = msg.from == msg.to;
+    let sender = if self_send {
+        recipient.clone()
+    } else {
+        match tx.account(&msg.from)? {
+            Some(sender) => sender,
+            None => return Err(StoreError::UnknownAccount(msg.from.clone())),
+        }
+    };
     let sender_copy = msg.sender_copy == SenderCopy::Timeline && !self_send;
-    // The sender's profile snapshot (and its existence), with its entry number if it gets one.
-    let sender =
-        if sender_copy {
-            conn.prepare_cached(
-            "UPDATE accounts SET head = head + 1 WHERE user_id = ?1 RETURNING nick, face_url, head",
+    // The numbers the entries will get, if the message is new.
+    let recipient_seq = recipient.head + 1;
+    let sender_seq = sender_copy.then_some(sender.head + 1);
+
+    // Idempotency: the unique key refuses a retry, which then gets the original.
+    let conn = tx.conn();
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO messages (sender, receiver, msg_seq, msg_random, msg_time, body, \
+               cloud_custom_data, nick, face_url, flags, sender_seq) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10) \
+             ON CONFLICT (sender, msg_seq, msg_random) DO NOTHING",
         )
         .and_then(|mut s| {
-            s.query_row([&msg.from], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, Some(u64_at(r, 2)?)))
-            })
-            .optional()
+            s.execute(params![
+                msg.from,
+                msg.to,
+                msg.msg_seq,
+                msg.msg_random,
+                sql_u64(msg.msg_time),
+                msg.body_json,
+                msg.cloud_custom_data,
+                &*sender.nick,
+                &*sender.face_url,
+                sender_seq.map(sql_u64),
+            ])
         })
-        } else {
-            conn.prepare_cached("SELECT nick, face_url FROM accounts WHERE user_id = ?1")
-                .and_then(|mut s| {
-                    s.query_row([&msg.from], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, None))
-                    })
-                    .optional()
-                })
-        };
-    let Some((nick, face_url, sender_seq)) = sender.map_err(db)? else {
-        return Err(StoreError::UnknownAccount(msg.from));
-    };
-
-    conn.prepare_cached(
-        "INSERT INTO messages (sender, receiver, msg_seq, msg_random, msg_time, body, \
-           cloud_custom_data, nick, face_url, flags, sender_seq) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            msg.from,
-            msg.to,
-            msg.msg_seq,
-            msg.msg_random,
-            sql_u64(msg.msg_time),
-            msg.body_json,
-            msg.cloud_custom_data,
-            nick,
-            face_url,
-            sender_seq.map(sql_u64),
-        ])
-    })
-    .map_err(db)?;
+        .map_err(db)?;
+    if inserted == 0 {
+        return original(conn, msg)?.ok_or_else(|| {
+            StoreError::Backend("a message both exists and does not (unique key)".into())
+        });
+    }
     let msg_id = conn.last_insert_rowid();
-
     insert_message_entry(conn, &msg.to, recipient_seq, msg.now_ms, &msg.from, msg_id)?;
     let unread = !msg.no_unread && !self_send;
-    touch_conversation(
-        conn,
-        &msg,
-        msg_id,
-        &msg.to,
-        &msg.from,
-        recipient_seq,
-        unread,
-    )?;
+    touch_conversation(conn, msg, msg_id, &msg.to, &msg.from, recipient_seq, unread)?;
     if let Some(seq) = sender_seq {
         insert_message_entry(conn, &msg.from, seq, msg.now_ms, &msg.to, msg_id)?;
-        touch_conversation(conn, &msg, msg_id, &msg.from, &msg.to, seq, false)?;
+        touch_conversation(conn, msg, msg_id, &msg.from, &msg.to, seq, false)?;
     }
+    tx.next_seq(&msg.to, &recipient);
+    if sender_seq.is_some() {
+        tx.next_seq(&msg.from, &sender);
+    }
+    Ok(SendWritten::Stored {
+        nick: sender.nick,
+        face_url: sender.face_url,
+        recipient_seq,
+        sender_seq,
+    })
+}
 
+/// The answer to a send, from its message and what [`send`] wrote.
+pub(crate) fn send_outcome(msg: NewMessage, written: SendWritten) -> SendOutcome {
+    let (nick, face_url, recipient_seq, sender_seq) = match written {
+        SendWritten::Duplicate {
+            message,
+            sender_entry_seq,
+        } => {
+            return SendOutcome::Duplicate {
+                message,
+                sender_entry_seq,
+            };
+        }
+        SendWritten::Stored {
+            nick,
+            face_url,
+            recipient_seq,
+            sender_seq,
+        } => (nick, face_url, recipient_seq, sender_seq),
+    };
     let message = Message {
         msg_key: format!("{}_{}_{}", msg.msg_seq, msg.msg_random, msg.msg_time),
         from: msg.from,
@@ -251,8 +343,8 @@ pub(crate) fn send(conn: &Connection, msg: NewMessage) -> StoreResult<SendOutcom
         flag_bits: 0,
         body: msg.body,
         cloud_custom_data: msg.cloud_custom_data,
-        nick,
-        face_url,
+        nick: nick.to_string(),
+        face_url: face_url.to_string(),
         online_only: false,
     };
     let entry = |seq| Entry {
@@ -264,72 +356,88 @@ pub(crate) fn send(conn: &Connection, msg: NewMessage) -> StoreResult<SendOutcom
     };
     let recipient_entry = entry(recipient_seq);
     let sender_entry = sender_seq.map(entry);
-    Ok(SendOutcome::Stored {
+    SendOutcome::Stored {
         message,
         recipient_entry,
         sender_entry,
-    })
+    }
 }
 
-pub(crate) fn mark_read(
-    conn: &Connection,
-    user: &str,
-    peer: &str,
-    read_time: u64,
-    now_ms: u64,
-) -> StoreResult<ReadOutcome> {
-    let Some(reader_seq) = next_seq(conn, user)? else {
+/// Input of [`mark_read`].
+pub(crate) struct MarkRead {
+    pub(crate) user: String,
+    pub(crate) peer: String,
+    pub(crate) read_time: u64,
+    pub(crate) now_ms: u64,
+}
+
+/// `user` has read `peer`'s messages up to `read_time` (see `Store::mark_read`).
+pub(crate) fn mark_read(tx: &mut Tx<'_>, req: &MarkRead) -> StoreResult<ReadOutcome> {
+    let (user, peer) = (req.user.as_str(), req.peer.as_str());
+    let Some(reader) = tx.account(user)? else {
         return Err(StoreError::UnknownAccount(user.to_owned()));
+    };
+    // A missing peer gets no receipt (not an error).
+    let peer_account = if user == peer {
+        None
+    } else {
+        tx.account(peer)?
     };
     let report = ReadReport {
         reader: user.to_owned(),
         peer: peer.to_owned(),
-        read_time,
+        read_time: req.read_time,
     };
     let payload = serde_json::to_string(&report).map_err(|e| StoreError::Backend(e.to_string()))?;
-    insert_payload_entry(conn, user, reader_seq, now_ms, KIND_READ, peer, &payload)?;
+
+    let conn = tx.conn();
+    let reader_seq = reader.head + 1;
+    insert_payload_entry(
+        conn, user, reader_seq, req.now_ms, KIND_READ, peer, &payload,
+    )?;
     conn.prepare_cached(
         "UPDATE conversations SET unread = 0, read_time = MAX(read_time, ?3) \
          WHERE user_id = ?1 AND peer = ?2",
     )
-    .and_then(|mut s| s.execute(params![user, peer, sql_u64(read_time)]))
+    .and_then(|mut s| s.execute(params![user, peer, sql_u64(req.read_time)]))
     .map_err(db)?;
-
-    let peer_seq = if user == peer {
-        None
-    } else {
-        next_seq(conn, peer)?
-    };
-    let peer_entry = match peer_seq {
-        Some(seq) => {
-            insert_payload_entry(conn, peer, seq, now_ms, KIND_READ, user, &payload)?;
+    let peer_entry = match &peer_account {
+        Some(account) => {
+            let seq = account.head + 1;
+            insert_payload_entry(conn, peer, seq, req.now_ms, KIND_READ, user, &payload)?;
             conn.prepare_cached(
                 "UPDATE conversations SET peer_read_time = MAX(peer_read_time, ?3) \
                  WHERE user_id = ?1 AND peer = ?2",
             )
-            .and_then(|mut s| s.execute(params![peer, user, sql_u64(read_time)]))
+            .and_then(|mut s| s.execute(params![peer, user, sql_u64(req.read_time)]))
             .map_err(db)?;
             Some(Entry {
                 seq,
-                ts: now_ms,
+                ts: req.now_ms,
                 kind: EntryKind::Read(report.clone()),
             })
         }
         None => None,
     };
+    tx.next_seq(user, &reader);
+    if let Some(account) = &peer_account {
+        tx.next_seq(peer, account);
+    }
     Ok(ReadOutcome {
         reader_entry: Entry {
             seq: reader_seq,
-            ts: now_ms,
+            ts: req.now_ms,
             kind: EntryKind::Read(report),
         },
         peer_entry,
     })
 }
 
-pub(crate) fn recall(conn: &Connection, req: RecallRequest) -> StoreResult<RecallOutcome> {
+/// Recalls a message (see `Store::recall`).
+pub(crate) fn recall(tx: &mut Tx<'_>, req: &RecallRequest) -> StoreResult<RecallOutcome> {
     let MsgKey { seq, random, time } = req.key;
-    let found = conn
+    let found = tx
+        .conn()
         .prepare_cached(
             "SELECT msg_id, receiver, msg_time, flags, sender_seq FROM messages \
              WHERE sender = ?1 AND msg_seq = ?2 AND msg_random = ?3",
@@ -359,19 +467,29 @@ pub(crate) fn recall(conn: &Connection, req: RecallRequest) -> StoreResult<Recal
     if req.not_before.is_some_and(|nb| msg_time < nb) {
         return Err(StoreError::RecallWindowPassed);
     }
-    conn.prepare_cached("UPDATE messages SET flags = flags | ?2 WHERE msg_id = ?1")
-        .and_then(|mut s| s.execute(params![msg_id, FLAG_RECALLED]))
-        .map_err(db)?;
-
+    let Some(recipient) = tx.account(&receiver)? else {
+        return Err(StoreError::UnknownAccount(receiver));
+    };
+    let sender = if sender_seq.is_some() && req.by != receiver {
+        match tx.account(&req.by)? {
+            Some(sender) => Some(sender),
+            None => return Err(StoreError::UnknownAccount(req.by.clone())),
+        }
+    } else {
+        None
+    };
     let recall = Recall {
         msg_key: req.key.to_string(),
         from: req.by.clone(),
         to: receiver.clone(),
     };
     let payload = serde_json::to_string(&recall).map_err(|e| StoreError::Backend(e.to_string()))?;
-    let Some(recipient_seq) = next_seq(conn, &receiver)? else {
-        return Err(StoreError::UnknownAccount(receiver));
-    };
+
+    let conn = tx.conn();
+    conn.prepare_cached("UPDATE messages SET flags = flags | ?2 WHERE msg_id = ?1")
+        .and_then(|mut s| s.execute(params![msg_id, FLAG_RECALLED]))
+        .map_err(db)?;
+    let recipient_seq = recipient.head + 1;
     insert_payload_entry(
         conn,
         &receiver,
@@ -381,27 +499,30 @@ pub(crate) fn recall(conn: &Connection, req: RecallRequest) -> StoreResult<Recal
         &req.by,
         &payload,
     )?;
-    let sender_entry = if sender_seq.is_some() && req.by != receiver {
-        let Some(seq) = next_seq(conn, &req.by)? else {
-            return Err(StoreError::UnknownAccount(req.by));
-        };
-        insert_payload_entry(
-            conn,
-            &req.by,
-            seq,
-            req.now_ms,
-            KIND_RECALL,
-            &receiver,
-            &payload,
-        )?;
-        Some(Entry {
-            seq,
-            ts: req.now_ms,
-            kind: EntryKind::Recall(recall.clone()),
-        })
-    } else {
-        None
+    let sender_entry = match &sender {
+        Some(account) => {
+            let seq = account.head + 1;
+            insert_payload_entry(
+                conn,
+                &req.by,
+                seq,
+                req.now_ms,
+                KIND_RECALL,
+                &receiver,
+                &payload,
+            )?;
+            Some(Entry {
+                seq,
+                ts: req.now_ms,
+                kind: EntryKind::Recall(recall.clone()),
+            })
+        }
+        None => None,
     };
+    tx.next_seq(&receiver, &recipient);
+    if let Some(account) = &sender {
+        tx.next_seq(&req.by, account);
+    }
     Ok(RecallOutcome {
         sender_entry,
         recipient_entry: Entry {
@@ -412,8 +533,16 @@ pub(crate) fn recall(conn: &Connection, req: RecallRequest) -> StoreResult<Recal
     })
 }
 
-pub(crate) fn sweep(conn: &Connection, cutoff_ms: u64, chunk: u32) -> StoreResult<SweepReport> {
-    let chunk = i64::from(chunk);
+/// Input of [`sweep`].
+pub(crate) struct Sweep {
+    pub(crate) cutoff_ms: u64,
+    pub(crate) chunk: u32,
+}
+
+/// Removes up to `chunk` expired rows of each kind (see `Store::sweep`).
+pub(crate) fn sweep(tx: &mut Tx<'_>, req: &Sweep) -> StoreResult<SweepReport> {
+    let conn = tx.conn();
+    let chunk = i64::from(req.chunk);
     let delete = |sql: &str, cutoff: u64| -> StoreResult<u64> {
         let n = conn
             .prepare_cached(sql)
@@ -423,12 +552,12 @@ pub(crate) fn sweep(conn: &Connection, cutoff_ms: u64, chunk: u32) -> StoreResul
     };
     // Messages and conversations are dated in whole seconds:
     // `msg_time * 1000 < cutoff_ms` is `msg_time < ceil(cutoff_ms / 1000)`.
-    let cutoff_s = cutoff_ms.div_ceil(1000);
+    let cutoff_s = req.cutoff_ms.div_ceil(1000);
     Ok(SweepReport {
         entries: delete(
             "DELETE FROM timeline WHERE (user_id, seq) IN \
              (SELECT user_id, seq FROM timeline WHERE ts < ?1 LIMIT ?2)",
-            cutoff_ms,
+            req.cutoff_ms,
         )?,
         messages: delete(
             "DELETE FROM messages WHERE msg_id IN \

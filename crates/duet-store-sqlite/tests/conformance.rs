@@ -307,3 +307,189 @@ async fn huge_bounds_are_clamped() {
         0
     );
 }
+
+/// Every timeline of `users` is numbered 1..=head without gaps; returns the heads.
+async fn assert_gap_free(store: &SqliteStore, users: &[&str]) -> Vec<u64> {
+    let mut heads = Vec::new();
+    for u in users {
+        let head = store.head(u).await.expect("head");
+        let entries = store
+            .sync(u, 0, head, u32::MAX, u32::MAX)
+            .await
+            .expect("sync");
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=head).collect::<Vec<_>>(),
+            "{u}'s timeline is gap-free"
+        );
+        heads.push(head);
+    }
+    heads
+}
+
+/// Another connection writing to the database (another process, an operator's
+/// script) is noticed: the writer's account cache is dropped, so numbers and
+/// profiles come from the rows again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_by_another_connection_are_seen() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("duet.db");
+    let store = SqliteStore::open(SqliteOptions::new(&path)).expect("open");
+    for u in ["alice", "bob"] {
+        store.ensure_account(u, T).await.expect("account");
+    }
+    for i in 0..3 {
+        store.send(text("alice", "bob", i, T)).await.expect("send");
+    }
+    assert_eq!(store.head("bob").await, Ok(3));
+
+    // Another writer gives bob an entry (the way the store does) and renames alice.
+    let other = rusqlite::Connection::open(&path).expect("second connection");
+    other
+        .busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    other
+        .execute_batch(
+            "BEGIN IMMEDIATE;
+             UPDATE accounts SET head = head + 1 WHERE user_id = 'bob';
+             INSERT INTO timeline (user_id, seq, ts, kind, peer, payload)
+               SELECT 'bob', head, 0, 2, 'alice',
+                      '{\"reader\":\"bob\",\"peer\":\"alice\",\"read_time\":0}'
+               FROM accounts WHERE user_id = 'bob';
+             UPDATE accounts SET nick = 'Alice2' WHERE user_id = 'alice';
+             COMMIT;",
+        )
+        .expect("external write");
+
+    match store.send(text("alice", "bob", 3, T)).await.expect("send") {
+        SendOutcome::Stored {
+            message,
+            recipient_entry,
+            sender_entry,
+        } => {
+            assert_eq!(
+                recipient_entry.seq, 5,
+                "bob's number follows the other writer's"
+            );
+            assert_eq!(sender_entry.map(|e| e.seq), Some(4));
+            assert_eq!(
+                message.nick, "Alice2",
+                "the profile changed elsewhere is used"
+            );
+        }
+        other => panic!("expected Stored, got {other:?}"),
+    }
+    assert_gap_free(&store, &["alice", "bob"]).await;
+}
+
+/// A send that fails after writing (here: its timeline row is already taken,
+/// as by corruption) fails alone even though writes run without savepoints:
+/// the sends sharing its batch commit, nothing of it remains, and numbering
+/// stays gap-free — also after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_send_failing_after_writing_fails_alone() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("duet.db");
+    let counter = Arc::new(Counter::default());
+    let mut opts = SqliteOptions::new(&path);
+    opts.observer = Some(counter.clone());
+    let store = Arc::new(SqliteStore::open(opts).expect("open"));
+    let users = ["alice", "bob", "carol"];
+    for u in users {
+        store.ensure_account(u, T).await.expect("account");
+    }
+    store
+        .send(text("carol", "bob", 1000, T))
+        .await
+        .expect("send");
+    let bob_head = store.head("bob").await.expect("head");
+
+    // Take bob's next number behind the store's back.
+    let other = rusqlite::Connection::open(&path).expect("second connection");
+    other
+        .busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    let plant = format!(
+        "INSERT INTO timeline (user_id, seq, ts, kind, peer, payload) \
+         VALUES ('bob', {}, 0, 2, 'x', '{{}}')",
+        bob_head + 1
+    );
+    other.execute_batch(&plant).expect("plant a row");
+
+    const N: u32 = 300;
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let store = Arc::clone(&store);
+        // One send to bob among many between alice and carol.
+        let (from, to) = match i {
+            150 => ("carol", "bob"),
+            i if i % 2 == 0 => ("alice", "carol"),
+            _ => ("carol", "alice"),
+        };
+        tasks.push(tokio::spawn(async move {
+            (i, store.send(text(from, to, i, T + u64::from(i))).await)
+        }));
+    }
+    for t in tasks {
+        let (i, r) = t.await.expect("task");
+        match (i, r) {
+            (150, Err(StoreError::Backend(_))) => {}
+            (150, other) => panic!("the send to bob must fail, got {other:?}"),
+            (_, Ok(SendOutcome::Stored { .. })) => {}
+            (i, other) => panic!("send {i} must be stored, got {other:?}"),
+        }
+    }
+    assert_gap_free(&store, &["alice", "carol"]).await;
+    assert_eq!(
+        store.head("bob").await,
+        Ok(bob_head),
+        "bob's head did not move"
+    );
+    let history = store
+        .history("carol", "bob", None, 100)
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 1, "nothing of the failed send remains");
+
+    // Repaired, the same send is stored as new (it left no message behind)
+    // and takes the number it could not take before.
+    other
+        .execute_batch(&format!(
+            "DELETE FROM timeline WHERE user_id = 'bob' AND seq = {}",
+            bob_head + 1
+        ))
+        .expect("repair");
+    match store
+        .send(text("carol", "bob", 150, T))
+        .await
+        .expect("retry")
+    {
+        SendOutcome::Stored {
+            recipient_entry, ..
+        } => assert_eq!(recipient_entry.seq, bob_head + 1),
+        other => panic!("expected Stored, got {other:?}"),
+    }
+    let heads = assert_gap_free(&store, &users).await;
+
+    // The numbers survive a reopen and continue.
+    store.close();
+    drop(store);
+    let store = SqliteStore::open(SqliteOptions::new(&path)).expect("reopen");
+    assert_eq!(assert_gap_free(&store, &users).await, heads);
+    match store
+        .send(text("alice", "bob", 5000, T))
+        .await
+        .expect("send")
+    {
+        SendOutcome::Stored {
+            recipient_entry,
+            sender_entry,
+            ..
+        } => {
+            assert_eq!(recipient_entry.seq, heads[1] + 1);
+            assert_eq!(sender_entry.map(|e| e.seq), Some(heads[0] + 1));
+        }
+        other => panic!("expected Stored, got {other:?}"),
+    }
+}

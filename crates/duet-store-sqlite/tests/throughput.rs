@@ -1,6 +1,12 @@
 //! Write throughput (ignored by default). Run with:
 //! `cargo test -p duet-store-sqlite --release --test throughput -- --ignored --nocapture`
-//! (`DUET_BENCH_BATCH=2048` overrides `max_batch`).
+//! (`DUET_BENCH_BATCH=2048` overrides `max_batch`; `DUET_BENCH_USERS`,
+//! `DUET_BENCH_SENDERS` and `DUET_BENCH_PER_SENDER` the shape of the load:
+//! by default 2000 concurrent senders among 1000 users, 25 sends each).
+//!
+//! Prints sends per second, the batches (jobs per batch, mean and longest
+//! `BEGIN`→durable `COMMIT`), the latency of single sends (enqueue → ack),
+//! and the WAL's size at the end.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,23 +21,67 @@ struct Stats {
     batches: AtomicU64,
     jobs: AtomicU64,
     busy_us: AtomicU64,
+    longest_us: AtomicU64,
 }
 
 impl CommitObserver for Stats {
     fn batch_committed(&self, jobs: usize, latency: Duration) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.jobs.fetch_add(jobs as u64, Ordering::Relaxed);
-        self.busy_us
-            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        let us = latency.as_micros() as u64;
+        self.busy_us.fetch_add(us, Ordering::Relaxed);
+        self.longest_us.fetch_max(us, Ordering::Relaxed);
     }
+}
+
+/// CPU time (user + system) of this process, and of its threads whose name
+/// starts with each of `threads`, from `/proc` (zero where unavailable).
+fn cpu_times(threads: &[&str]) -> (Duration, Vec<Duration>) {
+    // Clock ticks per second: 100 on every Linux this runs on.
+    fn ticks(stat: &str) -> Duration {
+        let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
+        Duration::from_millis((field(11) + field(12)) * 10)
+    }
+    let process = std::fs::read_to_string("/proc/self/stat").map_or(Duration::ZERO, |s| ticks(&s));
+    let mut per = vec![Duration::ZERO; threads.len()];
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if let Some(i) = threads.iter().position(|t| comm.starts_with(t)) {
+                per[i] += std::fs::read_to_string(task.path().join("stat"))
+                    .map_or(Duration::ZERO, |s| ticks(&s));
+            }
+        }
+    }
+    (process, per)
+}
+
+/// The `q` quantile of sorted `v`.
+fn quantile(v: &[Duration], q: f64) -> Duration {
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v.get(i).copied().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 #[ignore = "benchmark"]
 async fn send_throughput() {
-    const USERS: usize = 1000;
-    const SENDERS: usize = 2000;
-    const PER_SENDER: usize = 25;
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let users = env("DUET_BENCH_USERS", 1000);
+    let senders = env("DUET_BENCH_SENDERS", 2000);
+    let per_sender = env("DUET_BENCH_PER_SENDER", 25);
     let dir = tempfile::TempDir::new().expect("temp dir");
     let stats = Arc::new(Stats::default());
     let mut opts = SqliteOptions::new(dir.path().join("duet.db"));
@@ -42,8 +92,9 @@ async fn send_throughput() {
     {
         opts.max_batch = b;
     }
+    let db_path = opts.path.clone();
     let store = Arc::new(SqliteStore::open(opts).expect("open"));
-    for u in 0..USERS {
+    for u in 0..users {
         store
             .ensure_account(&format!("u{u}"), 0)
             .await
@@ -56,17 +107,21 @@ async fn send_throughput() {
         stats.jobs.load(Ordering::Relaxed),
         stats.busy_us.load(Ordering::Relaxed),
     );
+    stats.longest_us.store(0, Ordering::Relaxed);
+    const THREADS: [&str; 2] = ["duet-sqlite-wri", "duet-sqlite-ckp"];
+    let cpu_before = cpu_times(&THREADS);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for s in 0..SENDERS {
+    for s in 0..senders {
         let store = Arc::clone(&store);
         let (body, body_json) = (body.clone(), body_json.clone());
         tasks.push(tokio::spawn(async move {
-            for i in 0..PER_SENDER {
-                let n = s * PER_SENDER + i;
+            let mut latencies = Vec::with_capacity(per_sender);
+            for i in 0..per_sender {
+                let n = s * per_sender + i;
                 let msg = NewMessage {
-                    from: format!("u{}", s % USERS),
-                    to: format!("u{}", (s + 1 + i) % USERS),
+                    from: format!("u{}", s % users),
+                    to: format!("u{}", (s + 1 + i) % users),
                     msg_seq: n as u32,
                     msg_random: 7,
                     msg_time: 1_700_000_000 + n as u64 / 1000,
@@ -78,15 +133,21 @@ async fn send_throughput() {
                     no_last_msg: false,
                     now_ms: 1_700_000_000_000 + n as u64,
                 };
+                let sent = Instant::now();
                 store.send(msg).await.expect("send");
+                latencies.push(sent.elapsed());
             }
+            latencies
         }));
     }
+    let mut latencies = Vec::new();
     for t in tasks {
-        t.await.expect("task");
+        latencies.extend(t.await.expect("task"));
     }
+    latencies.sort_unstable();
     let elapsed = started.elapsed();
-    let n = SENDERS * PER_SENDER;
+    let cpu_after = cpu_times(&THREADS);
+    let n = senders * per_sender;
     println!(
         "{n} sends in {elapsed:?}: {:.0} msgs/s",
         n as f64 / elapsed.as_secs_f64()
@@ -98,6 +159,32 @@ async fn send_throughput() {
         "{batches} batches, {:.0} jobs/batch, writer busy {busy:?} ({:.0}% of wall time)",
         jobs as f64 / batches.max(1) as f64,
         100.0 * busy.as_secs_f64() / elapsed.as_secs_f64()
+    );
+    println!(
+        "batch BEGIN→COMMIT: mean {:.1} ms, longest {:.1} ms",
+        busy.as_secs_f64() * 1e3 / batches.max(1) as f64,
+        stats.longest_us.load(Ordering::Relaxed) as f64 / 1e3
+    );
+    println!(
+        "send enqueue→ack: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        quantile(&latencies, 0.5).as_secs_f64() * 1e3,
+        quantile(&latencies, 0.99).as_secs_f64() * 1e3,
+        quantile(&latencies, 1.0).as_secs_f64() * 1e3
+    );
+    let per_msg = |after: Duration, before: Duration| {
+        after.saturating_sub(before).as_secs_f64() * 1e6 / n as f64
+    };
+    println!(
+        "CPU per send: process {:.1} µs, writer thread {:.1} µs, checkpointer thread {:.1} µs",
+        per_msg(cpu_after.0, cpu_before.0),
+        per_msg(cpu_after.1[0], cpu_before.1[0]),
+        per_msg(cpu_after.1[1], cpu_before.1[1]),
+    );
+    let mut wal = db_path.into_os_string();
+    wal.push("-wal");
+    println!(
+        "WAL after the run: {:.1} MiB",
+        std::fs::metadata(&wal).map_or(0, |m| m.len()) as f64 / (1024.0 * 1024.0)
     );
     let started = Instant::now();
     for u in 0..200 {
