@@ -20,7 +20,8 @@ const SIG_LIFETIME: u64 = 24 * 3600;
 /// Where and as whom the generator connects.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Server base URL.
+    /// Server base URL; for `online` and `history`, a comma-separated list
+    /// of nodes of one cluster, users assigned round-robin.
     pub server: String,
     /// App key: the generator signs its own UserSigs.
     pub key: UserSigKey,
@@ -29,6 +30,17 @@ pub struct Target {
 }
 
 impl Target {
+    /// The node user number `i` connects to.
+    pub fn server_for(&self, i: usize) -> &str {
+        let nodes: Vec<&str> = self.server.split(',').map(str::trim).collect();
+        nodes[i % nodes.len()]
+    }
+
+    /// The first node.
+    pub fn first_server(&self) -> &str {
+        self.server_for(0)
+    }
+
     /// A UserID: `<prefix>-<tag><i>` (at most 32 bytes).
     pub fn user(&self, tag: &str, i: usize) -> String {
         format!("{}-{tag}{i}", self.prefix)
@@ -75,14 +87,15 @@ pub async fn login_all(
     concurrency: usize,
 ) -> Result<Vec<Client>> {
     let n = users.len();
-    let results: Vec<Result<Client, SdkError>> = futures_util::stream::iter(users)
-        .map(|u| async move {
-            let sig = target.sig(&u);
-            login(&target.server, &u, &sig).await
-        })
-        .buffered(concurrency.max(1))
-        .collect()
-        .await;
+    let results: Vec<Result<Client, SdkError>> =
+        futures_util::stream::iter(users.into_iter().enumerate())
+            .map(|(i, u)| async move {
+                let sig = target.sig(&u);
+                login(target.server_for(i), &u, &sig).await
+            })
+            .buffered(concurrency.max(1))
+            .collect()
+            .await;
     let mut out = Vec::with_capacity(n);
     for r in results {
         let c = r.with_context(|| format!("logging in to {}", target.server))?;

@@ -149,7 +149,7 @@ pub async fn run(target: &Target, spec: &ConnSpec, s: &mut Summary) -> Result<()
         );
     }
     let sources = spec.source_addrs.clamp(1, 250);
-    let dst = server_addr(&target.server);
+    let dst = server_addr(target.first_server());
     if sources > 1 && dst.is_none() {
         bail!("--source-addrs needs the server URL to name an IP address or localhost");
     }
@@ -202,7 +202,7 @@ pub async fn run(target: &Target, spec: &ConnSpec, s: &mut Summary) -> Result<()
                 (true, Some(d), Some(s)) => Some((d, *s)),
                 _ => None,
             };
-            pending.push(open(&target.server, bind, u, sig));
+            pending.push(open(target.first_server(), bind, u, sig));
         }
         let Some(o) = pending.next().await else { break };
         match o.result {

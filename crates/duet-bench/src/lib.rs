@@ -44,7 +44,8 @@ pub struct BenchArgs {
     /// The scenario.
     #[command(subcommand)]
     pub scenario: Scenario,
-    /// Server base URL (loopback only).
+    /// Server base URL (loopback only). `online` and `history` also take a comma-separated
+    /// list of the nodes of one cluster and spread the users over them round-robin.
     #[arg(long, global = true, default_value = "http://127.0.0.1:7400")]
     pub server: String,
     /// SDKAppID (the generator signs its own UserSigs).
@@ -210,7 +211,9 @@ fn check_loopback(server: &str) -> Result<()> {
 /// its own current-thread Tokio runtime (the generator uses at most one
 /// core) and prints the human table, or with `--json` one JSON line, to stdout.
 pub fn run(args: BenchArgs, key: Option<UserSigKey>) -> Result<Summary> {
-    check_loopback(&args.server)?;
+    for node in args.server.split(',') {
+        check_loopback(node.trim())?;
+    }
     let key = match (args.sdkappid, args.secret_key.clone()) {
         (Some(a), Some(k)) => UserSigKey::new(a, k),
         _ => key.context(
@@ -226,9 +229,10 @@ pub fn run(args: BenchArgs, key: Option<UserSigKey>) -> Result<Summary> {
         key,
         prefix: args.prefix.clone(),
     };
-    let found_pid = args
-        .server_pid
-        .or_else(|| procstat::port_of(&args.server).and_then(procstat::find_listener));
+    let found_pid = args.server_pid.or_else(|| {
+        procstat::port_of(args.server.split(',').next().unwrap_or_default())
+            .and_then(procstat::find_listener)
+    });
     let mut s = Summary {
         server: args.server.clone(),
         server_pid: found_pid,

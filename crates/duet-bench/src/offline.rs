@@ -31,7 +31,7 @@ pub async fn run(target: &Target, spec: &OfflineSpec, s: &mut Summary) -> Result
     let my_sig = target.sig(&me);
 
     // 1. The user has been here before: its device is up to date at `head`.
-    let mut c = client::login(&target.server, &me, &my_sig)
+    let mut c = client::login(target.first_server(), &me, &my_sig)
         .await
         .context("first login of the returning user")?;
     let cursor = c.head;
@@ -82,7 +82,7 @@ pub async fn run(target: &Target, spec: &OfflineSpec, s: &mut Summary) -> Result
 
     // 3. It comes back: connect, log in, sync from its cursor.
     let t_connect = Instant::now();
-    let (conn, _pushes) = Connection::connect(&target.server).await?;
+    let (conn, _pushes) = Connection::connect(target.first_server()).await?;
     let t_login = Instant::now();
     conn.login(&me, &my_sig, DEVICE, PLATFORM)
         .await
