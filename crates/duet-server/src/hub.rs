@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::bus::{Bus, LocalDelivery};
 use crate::metrics::Metrics;
+use crate::presence::PresenceSink;
 
 const SHARDS: usize = 64;
 
@@ -48,6 +49,7 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     max_per_platform: usize,
     bus: OnceLock<Arc<dyn Bus>>,
+    presence: OnceLock<PresenceSink>,
 }
 
 fn shard_of(user: &str) -> usize {
@@ -69,7 +71,13 @@ impl Hub {
             metrics,
             max_per_platform: max_per_platform.max(1),
             bus: OnceLock::new(),
+            presence: OnceLock::new(),
         }
+    }
+
+    /// Reports devices to shared presence. Set once, before serving.
+    pub fn set_presence(&self, sink: PresenceSink) {
+        let _ = self.presence.set(sink);
     }
 
     /// Connects the hub to the other nodes. Set once, before serving.
@@ -151,10 +159,16 @@ impl Hub {
                 }
                 kicked.push(devices.remove(same[0]));
             }
+            if let Some(p) = self.presence.get() {
+                p.online(user, dev.conn_id, &dev.device_id, &dev.platform);
+            }
             devices.push(dev);
         }
         self.metrics.connections.fetch_add(1, Ordering::Relaxed);
         for d in &kicked {
+            if let Some(p) = self.presence.get() {
+                p.offline(d.conn_id);
+            }
             self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
             self.metrics.kicks.fetch_add(1, Ordering::Relaxed);
             if d.tx.try_send(Outbound::Kick(kick_frame.clone())).is_err() {
@@ -181,6 +195,9 @@ impl Hub {
             }
         }
         if removed {
+            if let Some(p) = self.presence.get() {
+                p.offline(conn_id);
+            }
             self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
         }
         removed
@@ -208,6 +225,9 @@ impl Hub {
                     }
                     Err(_) => {
                         slow.push(d.kill.clone());
+                        if let Some(p) = self.presence.get() {
+                            p.offline(d.conn_id);
+                        }
                         false
                     }
                 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod gateway;
 pub mod hub;
 pub mod metrics;
+pub mod presence;
 pub mod service;
 
 use std::net::SocketAddr;

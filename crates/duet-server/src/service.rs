@@ -54,6 +54,7 @@ pub struct SendResult {
 
 /// The services, shared by all connections.
 pub struct Services {
+    presence: std::sync::OnceLock<crate::presence::SharedPresence>,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     clock: Arc<dyn Clock>,
@@ -83,6 +84,7 @@ impl Services {
         metrics: Arc<Metrics>,
     ) -> Self {
         Services {
+            presence: std::sync::OnceLock::new(),
             store,
             hub,
             clock,
@@ -401,6 +403,39 @@ impl Services {
             .store
             .set_profile(user, nick, face_url, self.clock.now_ms())
             .await?)
+    }
+
+    /// Uses shared presence (several nodes) for [`Services::online_devices`].
+    pub fn set_shared_presence(&self, p: crate::presence::SharedPresence) {
+        let _ = self.presence.set(p);
+    }
+
+    /// The connected devices of `users`: from shared presence when the node
+    /// is part of a cluster (devices of nodes not heard from within the TTL
+    /// are left out), else from this node's hub.
+    pub async fn online_devices(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<duet_store::PresenceDevice>, ServiceError> {
+        if let Some(p) = self.presence.get() {
+            let since = self.clock.now_ms().saturating_sub(p.ttl.as_millis() as u64);
+            return Ok(p.store.presence_online(users, since).await?);
+        }
+        Ok(users
+            .iter()
+            .flat_map(|u| {
+                self.hub
+                    .devices(u)
+                    .into_iter()
+                    .map(move |(device_id, platform)| duet_store::PresenceDevice {
+                        user_id: u.clone(),
+                        node_id: "local".into(),
+                        conn_id: 0,
+                        device_id,
+                        platform,
+                    })
+            })
+            .collect())
     }
 
     /// Runs the retention sweep to completion once. Returns rows removed.

@@ -90,8 +90,8 @@ use duet_proto::{
     Conversation, Entry, EntryKind, HistoryItem, Message, MsgKey, ReadReport, Recall,
 };
 use duet_store::{
-    Account, NewMessage, ReadOutcome, RecallOutcome, RecallRequest, SendOutcome, SenderCopy, Store,
-    StoreError, StoreResult, SweepReport,
+    Account, NewMessage, PresenceChange, PresenceDevice, PresenceStore, ReadOutcome, RecallOutcome,
+    RecallRequest, SendOutcome, SenderCopy, Store, StoreError, StoreResult, SweepReport,
 };
 use futures_util::future::{join3, try_join};
 use tokio_postgres::error::SqlState;
@@ -924,6 +924,114 @@ impl Store for PostgresStore {
 
     async fn sweep(&self, cutoff_ms: u64, chunk: u32) -> StoreResult<SweepReport> {
         with_retries!("sweep", self.sweep_attempt(cutoff_ms, chunk))
+    }
+}
+
+fn presence_i64(v: u64, what: &str) -> StoreResult<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} does not fit in BIGINT")))
+}
+
+#[async_trait]
+impl PresenceStore for PostgresStore {
+    async fn presence_node_start(&self, node: &str, now_ms: u64) -> StoreResult<()> {
+        let now = presence_i64(now_ms, "time")?;
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM presence WHERE node_id = $1::text", &[&node])
+            .await
+            .map_err(db)?;
+        client
+            .execute(
+                "INSERT INTO presence_nodes (node_id, seen_ms) VALUES ($1::text, $2::bigint) \
+                 ON CONFLICT (node_id) DO UPDATE SET seen_ms = excluded.seen_ms",
+                &[&node, &now],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn presence_update(
+        &self,
+        node: &str,
+        changes: Vec<PresenceChange>,
+        now_ms: u64,
+    ) -> StoreResult<()> {
+        let now = presence_i64(now_ms, "time")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let online = tx
+            .prepare_cached(
+                "INSERT INTO presence (node_id, conn_id, user_id, device_id, platform) \
+                 VALUES ($1::text, $2::bigint, $3::text, $4::text, $5::text) \
+                 ON CONFLICT (node_id, conn_id) DO UPDATE SET user_id = excluded.user_id, \
+                 device_id = excluded.device_id, platform = excluded.platform",
+            )
+            .await
+            .map_err(db)?;
+        let offline = tx
+            .prepare_cached(
+                "DELETE FROM presence WHERE node_id = $1::text AND conn_id = $2::bigint",
+            )
+            .await
+            .map_err(db)?;
+        for c in &changes {
+            match c {
+                PresenceChange::Online(d) => {
+                    let conn = presence_i64(d.conn_id, "conn_id")?;
+                    tx.execute(
+                        &online,
+                        &[&node, &conn, &d.user_id, &d.device_id, &d.platform],
+                    )
+                    .await
+                    .map_err(db)?;
+                }
+                PresenceChange::Offline { conn_id } => {
+                    let conn = presence_i64(*conn_id, "conn_id")?;
+                    tx.execute(&offline, &[&node, &conn]).await.map_err(db)?;
+                }
+            }
+        }
+        tx.execute(
+            "INSERT INTO presence_nodes (node_id, seen_ms) VALUES ($1::text, $2::bigint) \
+             ON CONFLICT (node_id) DO UPDATE SET seen_ms = GREATEST(presence_nodes.seen_ms, excluded.seen_ms)",
+            &[&node, &now],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn presence_online(
+        &self,
+        users: &[String],
+        alive_since_ms: u64,
+    ) -> StoreResult<Vec<PresenceDevice>> {
+        let since = i64::try_from(alive_since_ms).unwrap_or(i64::MAX);
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT p.user_id, p.node_id, p.conn_id, p.device_id, p.platform \
+                 FROM presence p JOIN presence_nodes n ON n.node_id = p.node_id \
+                 WHERE p.user_id = ANY($1::text[]) AND n.seen_ms >= $2::bigint \
+                 ORDER BY p.user_id, p.node_id, p.conn_id",
+                &[&users, &since],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let conn: i64 = r.try_get(2).map_err(db)?;
+                Ok(PresenceDevice {
+                    user_id: r.try_get(0).map_err(db)?,
+                    node_id: r.try_get(1).map_err(db)?,
+                    conn_id: u64::try_from(conn).unwrap_or_default(),
+                    device_id: r.try_get(3).map_err(db)?,
+                    platform: r.try_get(4).map_err(db)?,
+                })
+            })
+            .collect()
     }
 }
 

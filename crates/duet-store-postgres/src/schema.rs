@@ -7,7 +7,7 @@ use duet_store::{StoreError, StoreResult};
 use crate::db;
 
 /// Migrations, applied in order; migration `i` is version `i + 1`.
-const MIGRATIONS: &[&str] = &[MIGRATION_1];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
 
 /// First key of the advisory lock taken while migrating ("Duet" in ASCII);
 /// the second is a hash of the schema name, so stores in different schemas
@@ -86,6 +86,24 @@ CREATE TABLE conversations (
 );
 CREATE INDEX conversations_recent ON conversations (user_id, last_time DESC, last_seq DESC);
 CREATE INDEX conversations_time ON conversations (last_time);
+"#;
+
+/// Shared presence: which devices are connected to which node, and when each
+/// node last reported (its devices expire when it stops reporting).
+const MIGRATION_2: &str = r#"
+CREATE TABLE presence_nodes (
+    node_id text COLLATE "C" PRIMARY KEY,
+    seen_ms bigint NOT NULL
+);
+CREATE TABLE presence (
+    node_id   text COLLATE "C" NOT NULL,
+    conn_id   bigint NOT NULL,
+    user_id   text COLLATE "C" NOT NULL,
+    device_id text NOT NULL,
+    platform  text NOT NULL,
+    PRIMARY KEY (node_id, conn_id)
+);
+CREATE INDEX presence_user ON presence (user_id);
 "#;
 
 /// Whether `name` is usable as a schema name without quoting: a lowercase

@@ -225,13 +225,13 @@ async fn concurrent_start_migrates_once() {
             let task = tokio::spawn(conn);
             let rows = client
                 .query(
-                    &format!("SELECT version FROM {schema}.duet_migrations"),
+                    &format!("SELECT version FROM {schema}.duet_migrations ORDER BY version"),
                     &[],
                 )
                 .await
                 .unwrap_or_else(|e| panic!("read duet_migrations: {e}"));
             let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-            assert_eq!(versions, vec![1], "migration 1 applied exactly once");
+            assert_eq!(versions, vec![1, 2], "each migration applied exactly once");
             drop(client);
             let _ = task.await;
         })
@@ -386,6 +386,78 @@ async fn newer_schema_is_refused() {
                 }
                 other => panic!("a newer schema must be refused, got {other:?}"),
             }
+        })
+        .await;
+}
+
+/// Shared presence: devices per node, logout, a node's restart forgets its
+/// old devices, and a silent node's devices expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_follows_nodes() {
+    use duet_store::{PresenceChange, PresenceDevice, PresenceStore};
+    let schemas = Schemas::new();
+    let schema = schemas.make();
+    schemas
+        .run(async {
+            let store = connect(schemas.url(), &schema, 2).await;
+            let dev = |node: &str, conn: u64, user: &str| PresenceDevice {
+                user_id: user.into(),
+                node_id: node.into(),
+                conn_id: conn,
+                device_id: format!("d{conn}"),
+                platform: "iPhone".into(),
+            };
+            store.presence_node_start("n1", 1_000).await.unwrap();
+            store.presence_node_start("n2", 1_000).await.unwrap();
+            store
+                .presence_update(
+                    "n1",
+                    vec![
+                        PresenceChange::Online(dev("n1", 1, "bob")),
+                        PresenceChange::Online(dev("n1", 2, "amy")),
+                    ],
+                    1_000,
+                )
+                .await
+                .unwrap();
+            store
+                .presence_update(
+                    "n2",
+                    vec![PresenceChange::Online(dev("n2", 1, "bob"))],
+                    1_000,
+                )
+                .await
+                .unwrap();
+            let users = vec!["bob".to_string()];
+            let got = store.presence_online(&users, 0).await.unwrap();
+            assert_eq!(got, vec![dev("n1", 1, "bob"), dev("n2", 1, "bob")]);
+            // Logout on n2; n1 keeps reporting, n2 goes silent after that.
+            store
+                .presence_update("n2", vec![PresenceChange::Offline { conn_id: 1 }], 2_000)
+                .await
+                .unwrap();
+            store.presence_update("n1", vec![], 5_000).await.unwrap();
+            assert_eq!(
+                store.presence_online(&users, 0).await.unwrap(),
+                vec![dev("n1", 1, "bob")]
+            );
+            // n1 silent since 5,000: with a TTL cut at 6,000 its devices are offline.
+            assert!(
+                store
+                    .presence_online(&users, 6_000)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            // n1 restarts: its old connections are forgotten.
+            store.presence_node_start("n1", 7_000).await.unwrap();
+            assert!(
+                store
+                    .presence_online(&["amy".to_string()], 0)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
         })
         .await;
 }

@@ -260,3 +260,55 @@ pub trait Store: Send + Sync + 'static {
     /// Timeline numbering is unaffected: numbers are never reused.
     async fn sweep(&self, cutoff_ms: u64, chunk: u32) -> StoreResult<SweepReport>;
 }
+
+/// One logged-in device, as shared presence records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceDevice {
+    /// The user.
+    pub user_id: String,
+    /// The node holding the connection.
+    pub node_id: String,
+    /// The connection, unique on its node.
+    pub conn_id: u64,
+    /// The device id.
+    pub device_id: String,
+    /// The platform.
+    pub platform: String,
+}
+
+/// A change of one node's connected devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceChange {
+    /// A device logged in on the node.
+    Online(PresenceDevice),
+    /// A connection of the node closed.
+    Offline {
+        /// The connection.
+        conn_id: u64,
+    },
+}
+
+/// Presence shared by the nodes of a cluster: which devices are connected
+/// where. Nodes report changes and stay alive by reporting (possibly no
+/// changes) regularly; the devices of a node not seen for a while count as
+/// offline, so a dead node's devices expire by themselves.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    /// A node starts: forgets whatever it registered in an earlier life.
+    async fn presence_node_start(&self, node: &str, now_ms: u64) -> StoreResult<()>;
+
+    /// Applies `changes` of `node` in order and marks it alive at `now_ms`.
+    async fn presence_update(
+        &self,
+        node: &str,
+        changes: Vec<PresenceChange>,
+        now_ms: u64,
+    ) -> StoreResult<()>;
+
+    /// The devices of `users` on nodes alive at or after `alive_since_ms`.
+    async fn presence_online(
+        &self,
+        users: &[String],
+        alive_since_ms: u64,
+    ) -> StoreResult<Vec<PresenceDevice>>;
+}

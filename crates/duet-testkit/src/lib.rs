@@ -9,8 +9,9 @@ use std::time::Duration;
 use duet_bus_nats::NatsBus;
 use duet_proto::Message;
 use duet_sdk::{Cache, Connection, Event, Push, Session, SessionOptions};
+use duet_server::presence::{SharedPresence, start_reporter};
 use duet_server::{Clock, Hub, ManualClock, Metrics, ServerConfig, ServerHandle, SystemClock};
-use duet_store::Store;
+use duet_store::{PresenceStore, Store};
 use duet_store_postgres::{PgOptions, PostgresStore};
 use duet_store_sqlite::{SqliteOptions, SqliteStore};
 use duet_usersig::UserSigKey;
@@ -31,6 +32,7 @@ pub struct TestServerBuilder {
     dir: Option<tempfile::TempDir>,
     shared_store: Option<Arc<dyn Store>>,
     bus: Option<(String, String, String)>,
+    presence: Option<(Arc<dyn PresenceStore>, String)>,
 }
 
 impl TestServerBuilder {
@@ -52,6 +54,12 @@ impl TestServerBuilder {
     /// Join the NATS bus at `url` in `namespace` as `node_id`.
     pub fn bus(mut self, url: &str, namespace: &str, node_id: &str) -> Self {
         self.bus = Some((url.into(), namespace.into(), node_id.into()));
+        self
+    }
+    /// Report this node's devices to shared presence as `node_id`
+    /// (reports every 200 ms; nodes silent for 2 s count as dead).
+    pub fn presence(mut self, store: Arc<dyn PresenceStore>, node_id: &str) -> Self {
+        self.presence = Some((store, node_id.into()));
         self
     }
     /// Changes any setting.
@@ -99,11 +107,38 @@ impl TestServerBuilder {
             }
             None => None,
         };
+        let (presence_stop, presence_rx) = tokio::sync::watch::channel(false);
+        let mut presence_task = None;
+        let shared = match self.presence {
+            Some((pstore, node)) => {
+                let (sink, task) = start_reporter(
+                    pstore.clone(),
+                    &node,
+                    clock.clone(),
+                    Duration::from_millis(200),
+                    presence_rx,
+                )
+                .await
+                .expect("presence start");
+                hub.set_presence(sink);
+                presence_task = Some(task);
+                Some(SharedPresence {
+                    store: pstore,
+                    ttl: Duration::from_secs(2),
+                })
+            }
+            None => None,
+        };
         let handle = duet_server::start_with_hub(self.config, store.clone(), clock, metrics, hub)
             .await
             .expect("start server");
+        if let Some(p) = shared {
+            handle.services().set_shared_presence(p);
+        }
         TestServer {
             handle: Some(handle),
+            _presence_stop: presence_stop,
+            presence_task,
             owned,
             _bus: bus,
             dir: Some(dir),
@@ -116,6 +151,8 @@ impl TestServerBuilder {
 /// A running server.
 pub struct TestServer {
     handle: Option<ServerHandle>,
+    _presence_stop: tokio::sync::watch::Sender<bool>,
+    presence_task: Option<tokio::task::JoinHandle<()>>,
     owned: Option<Arc<SqliteStore>>,
     _bus: Option<Arc<NatsBus>>,
     dir: Option<tempfile::TempDir>,
@@ -135,6 +172,7 @@ impl TestServer {
             dir: None,
             shared_store: None,
             bus: None,
+            presence: None,
         }
     }
 
@@ -202,6 +240,14 @@ impl TestServer {
             .await
             .expect("login");
         (c, p)
+    }
+
+    /// Stops reporting to shared presence, as if this node had died (its
+    /// connections stay open).
+    pub fn stop_presence(&mut self) {
+        if let Some(t) = self.presence_task.take() {
+            t.abort();
+        }
     }
 
     /// Graceful stop; returns the data dir for a restart.
@@ -355,9 +401,11 @@ impl TestCluster {
             })
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL is required for this test: {e}"));
+            let store = Arc::new(store);
             nodes.push(
                 TestServer::builder()
-                    .shared_store(Arc::new(store))
+                    .shared_store(store.clone())
+                    .presence(store, &format!("node{i}"))
                     .bus(&nats_url(), &ns, &format!("node{i}"))
                     .spawn()
                     .await,
@@ -369,6 +417,11 @@ impl TestCluster {
     /// Node `i`.
     pub fn node(&self, i: usize) -> &TestServer {
         &self.nodes[i]
+    }
+
+    /// Node `i`, mutably.
+    pub fn node_mut(&mut self, i: usize) -> &mut TestServer {
+        &mut self.nodes[i]
     }
 
     /// Stops the nodes and drops the schema.

@@ -93,15 +93,34 @@ pub async fn run(app: AppFlags, args: ServeArgs) -> Result<std::process::ExitCod
         }
         None => None,
     };
-    let handle = duet_server::start_with_hub(
-        config,
-        store.dyn_store(),
-        Arc::new(SystemClock),
-        metrics,
-        hub,
-    )
-    .await
-    .with_context(|| format!("listening on {listen}"))?;
+    // With PostgreSQL, nodes share presence (which devices are where).
+    let (_presence_stop, presence_rx) = tokio::sync::watch::channel(false);
+    let clock: Arc<dyn duet_server::Clock> = Arc::new(SystemClock);
+    let shared_presence = match &store {
+        StoreHandle::Postgres(pg) => {
+            let (sink, _task) = duet_server::presence::start_reporter(
+                pg.clone(),
+                &node_id,
+                clock.clone(),
+                PRESENCE_INTERVAL,
+                presence_rx,
+            )
+            .await
+            .context("starting shared presence")?;
+            hub.set_presence(sink);
+            Some(duet_server::presence::SharedPresence {
+                store: pg.clone(),
+                ttl: PRESENCE_TTL,
+            })
+        }
+        StoreHandle::Sqlite(_) => None,
+    };
+    let handle = duet_server::start_with_hub(config, store.dyn_store(), clock, metrics, hub)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    if let Some(p) = shared_presence {
+        handle.services().set_shared_presence(p);
+    }
     let addr = handle.local_addr();
     if created {
         eprintln!(
@@ -145,6 +164,11 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// How often a node reports its devices (and that it is alive).
+const PRESENCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// A node silent this long counts as dead: its devices are offline.
+const PRESENCE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 enum StoreHandle {
     Sqlite(Arc<SqliteStore>),

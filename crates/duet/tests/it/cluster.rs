@@ -95,3 +95,64 @@ async fn devices_on_three_nodes_get_messages_read_reports_and_recalls() {
     assert_eq!(views[1], views[2]);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_shared_across_nodes_and_expires_with_a_dead_node() {
+    let mut cluster = TestCluster::start(3).await;
+    let mut phone = cluster
+        .node(1)
+        .client("bob")
+        .device("phone")
+        .platform("iPhone")
+        .connect()
+        .await;
+    let mut laptop = cluster
+        .node(2)
+        .client("bob")
+        .device("laptop")
+        .platform("Mac")
+        .connect()
+        .await;
+    phone.until_synced().await;
+    laptop.until_synced().await;
+    let users = vec!["bob".to_string(), "nobody".to_string()];
+    let services = cluster.node(0).services().clone();
+    let wait_for = |want: Vec<(&'static str, &'static str)>| {
+        let services = services.clone();
+        let users = users.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let mut got: Vec<(String, String)> = services
+                    .online_devices(&users)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|d| (d.node_id, d.platform))
+                    .collect();
+                got.sort();
+                let want: Vec<(String, String)> = want
+                    .iter()
+                    .map(|(n, p)| (n.to_string(), p.to_string()))
+                    .collect();
+                if got == want {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "presence {got:?}, want {want:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Seen from node 0: bob's devices on nodes 1 and 2.
+    wait_for(vec![("node1", "iPhone"), ("node2", "Mac")]).await;
+    // The laptop logs out: gone.
+    laptop.session.connection().logout().await.unwrap();
+    wait_for(vec![("node1", "iPhone")]).await;
+    // Node 1 stops reporting (as if it died): its devices expire after the TTL.
+    cluster.node_mut(1).stop_presence();
+    wait_for(vec![]).await;
+    cluster.stop().await;
+}
