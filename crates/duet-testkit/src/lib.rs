@@ -404,6 +404,9 @@ impl TestCluster {
             let store = Arc::new(store);
             nodes.push(
                 TestServer::builder()
+                    // Short heartbeats: a hint published before another node's
+                    // subscription was in place heals within a second.
+                    .config(|c| c.heartbeat_timeout = Duration::from_secs(3))
                     .shared_store(store.clone())
                     .presence(store, &format!("node{i}"))
                     .bus(&nats_url(), &ns, &format!("node{i}"))
