@@ -338,3 +338,49 @@ async fn pipelined_sends_from_one_device_keep_their_order() {
     let expected: Vec<String> = (0..60).map(|i| format!("p{i}")).collect();
     assert_eq!(got, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_pipelining_senders_each_keep_their_order() {
+    let server = TestServer::start().await;
+    let mut receivers = Vec::new();
+    for p in 0..20 {
+        let mut r = server.client(&format!("r{p}")).connect().await;
+        r.until_synced().await;
+        receivers.push(r);
+    }
+    let mut senders = Vec::new();
+    for p in 0..20 {
+        let (conn, _) = server.login_raw(&format!("s{p}"), "d").await;
+        senders.push(tokio::spawn(async move {
+            let sends: Vec<_> = (0..40)
+                .map(|i| {
+                    let conn = conn.clone();
+                    let to = format!("r{p}");
+                    async move {
+                        conn.send(&to, vec![MsgElem::text(format!("{i}"))], Default::default())
+                            .await
+                    }
+                })
+                .collect();
+            for a in futures_util::future::join_all(sends).await {
+                a.unwrap();
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    for r in &mut receivers {
+        let mut got = Vec::new();
+        for _ in 0..40 {
+            got.push(
+                r.next_message().await.body[0]
+                    .as_text()
+                    .unwrap()
+                    .parse::<u32>()
+                    .unwrap(),
+            );
+        }
+        assert_eq!(got, (0..40).collect::<Vec<_>>());
+    }
+}
