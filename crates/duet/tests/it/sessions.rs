@@ -128,3 +128,21 @@ async fn graceful_shutdown_closes_connections_and_keeps_acked_messages() {
     let (page, _) = conn.history("alice", None, 10).await.unwrap();
     assert_eq!(page[0].message.msg_key, ack.msg_key);
 }
+
+/// The default idle timeout (90 s), checked on paused time: no real waiting.
+#[tokio::test(start_paused = true)]
+async fn a_silent_connection_is_closed_after_the_default_heartbeat_timeout() {
+    let server = TestServer::start().await;
+    let start = tokio::time::Instant::now();
+    let (conn, mut pushes) = server.raw().await;
+    loop {
+        match pushes.recv().await {
+            Some(Push::Closed) | None => break,
+            Some(_) => {}
+        }
+    }
+    let idle = start.elapsed();
+    assert!(idle >= Duration::from_secs(90), "closed after {idle:?}");
+    assert!(idle < Duration::from_secs(120), "closed after {idle:?}");
+    assert!(conn.ping().await.is_err());
+}
