@@ -420,7 +420,7 @@ fn run_jobs(st: &mut WriterState, jobs: &mut [Box<dyn Job>]) -> Result<(), Faile
 
 /// Least time between two background checkpoints: pages rewritten by several
 /// batches in between are copied once.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// Between checkpoints when no commit asks for one.
 const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
 
