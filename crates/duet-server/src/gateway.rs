@@ -73,26 +73,12 @@ pub async fn serve_socket(
                 break;
             }
             Some(out) = rx.recv() => {
-                match write_ready(&mut ws, Ready::Out(out), &mut rx, &mut inflight).await {
-                    Written::Ok => {}
-                    Written::Kicked => {
-                        close_reason = Some((1000, "kicked offline"));
-                        session = None; // the hub already dropped it
-                        break;
-                    }
-                    Written::Failed => break,
-                }
+                let w = write_ready(&mut ws, Ready::Out(out), &mut rx, &mut inflight).await;
+                if !keep_going(w, &mut close_reason, &mut session) { break; }
             }
             Some(frame) = inflight.next(), if !inflight.is_empty() => {
-                match write_ready(&mut ws, Ready::Reply(frame), &mut rx, &mut inflight).await {
-                    Written::Ok => {}
-                    Written::Kicked => {
-                        close_reason = Some((1000, "kicked offline"));
-                        session = None;
-                        break;
-                    }
-                    Written::Failed => break,
-                }
+                let w = write_ready(&mut ws, Ready::Reply(frame), &mut rx, &mut inflight).await;
+                if !keep_going(w, &mut close_reason, &mut session) { break; }
             }
             msg = ws.recv(), if inflight.len() < max_inflight => {
                 let Some(Ok(msg)) = msg else { break };
@@ -173,6 +159,24 @@ enum Written {
     Ok,
     Kicked,
     Failed,
+}
+
+/// Whether the connection goes on after a write; a kick sets the close
+/// reason and forgets the session (the hub already dropped it).
+fn keep_going(
+    w: Written,
+    close_reason: &mut Option<(u16, &'static str)>,
+    session: &mut Option<Session>,
+) -> bool {
+    match w {
+        Written::Ok => true,
+        Written::Kicked => {
+            *close_reason = Some((1000, "kicked offline"));
+            *session = None;
+            false
+        }
+        Written::Failed => false,
+    }
 }
 
 /// Writes `first` and whatever else is ready right now (queued deliveries,
