@@ -737,7 +737,10 @@ mod tests {
 
     /// Refused jobs and jobs that fail (or panic) after writing each fail
     /// alone; everything else in their batch commits; nothing of theirs stays.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // Current-thread runtime: `one_batch` enqueues jobs in a fixed order by
+    // letting each spawned job run its whole first poll (take a queue slot and
+    // enqueue) before spawning the next; a second worker thread races that.
+    #[tokio::test]
     async fn failing_jobs_fail_alone_without_savepoints() {
         let f = fixture(16);
         let plan: Vec<(i64, WriteFn<i64, i64>)> = vec![
@@ -856,7 +859,10 @@ mod tests {
     /// of a job that failed, refused or dirty; with a cache of two accounts
     /// for four users, entries to evicted accounts still number right; the
     /// heads written back are the last numbers given, and survive a reopen.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // Current-thread runtime: `one_batch` enqueues jobs in a fixed order by
+    // letting each spawned job run its whole first poll (take a queue slot and
+    // enqueue) before spawning the next; a second worker thread races that.
+    #[tokio::test]
     async fn account_state_follows_the_batch() {
         let dir = tempfile::TempDir::new().expect("dir");
         let f = open(dir, 2, 1 << 26);
@@ -950,7 +956,10 @@ mod tests {
 
     /// With commits back to back, the WAL still starts over: its file stays
     /// near the limit however much is written.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // Current-thread runtime: `one_batch` enqueues jobs in a fixed order by
+    // letting each spawned job run its whole first poll (take a queue slot and
+    // enqueue) before spawning the next; a second worker thread races that.
+    #[tokio::test]
     async fn wal_stays_bounded() {
         let limit = 256 * 1024;
         let f = open(tempfile::TempDir::new().expect("dir"), 16, limit);
