@@ -277,6 +277,14 @@ impl Connection {
     pub async fn request(&self, frame: ClientFrame) -> SdkResult<Vec<ServerFrame>> {
         let id = frame.req_id();
         let text = serde_json::to_string(&frame).map_err(|e| SdkError::Protocol(e.to_string()))?;
+        // Take the frame's place in the outgoing queue outside tokio's
+        // cooperative budget: a request whose budget ran out just after it
+        // took its place would otherwise let later requests overtake it, and
+        // frames must leave in the order they were issued (a device's sends
+        // are committed in that order).
+        let permit = tokio::task::unconstrained(self.inner.out.reserve())
+            .await
+            .map_err(|_| SdkError::Closed)?;
         let (tx, rx) = oneshot::channel();
         self.inner
             .pending
@@ -291,14 +299,7 @@ impl Connection {
             );
         // Checked after registering: the reader sets `closed` before it
         // fails the waiters, so a waiter is either failed by it or sees this.
-        if self.inner.closed.load(Ordering::SeqCst)
-            || self
-                .inner
-                .out
-                .send(WsMessage::Text(text.into()))
-                .await
-                .is_err()
-        {
+        if self.inner.closed.load(Ordering::SeqCst) {
             self.inner
                 .pending
                 .lock()
@@ -306,6 +307,7 @@ impl Connection {
                 .remove(&id);
             return Err(SdkError::Closed);
         }
+        permit.send(WsMessage::Text(text.into()));
         rx.await.map_err(|_| SdkError::Closed)?
     }
 

@@ -209,9 +209,11 @@ impl Writer {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
-        let permit = self
-            .permits
-            .acquire()
+        // Outside tokio's cooperative budget: a write that ran out of budget
+        // just after taking its permit could be overtaken by a later write of
+        // the same connection, and writes must be committed in the order
+        // they were issued.
+        let permit = tokio::task::unconstrained(self.permits.acquire())
             .await
             .map_err(|_| StoreError::Closed)?;
         // The writer returns the permit when the job is done.

@@ -384,3 +384,47 @@ async fn many_pipelining_senders_each_keep_their_order() {
         assert_eq!(got, (0..40).collect::<Vec<_>>());
     }
 }
+
+/// Many sends in flight from one task (as an app or the load generator
+/// issues them): each connection's sends are committed in the order they
+/// were issued, even when the task's scheduling budget runs out midway
+/// (tokio's cooperative budgeting used to let later sends overtake).
+#[tokio::test(flavor = "current_thread")]
+async fn sends_issued_from_one_task_commit_in_issue_order() {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+    let server = TestServer::start().await;
+    let (_bob, _) = server.login_raw("bob", "d").await;
+    let mut senders = Vec::new();
+    for s in 0..10 {
+        senders.push(server.login_raw(&format!("s{s}"), "d").await.0);
+    }
+    let mut inflight = FuturesUnordered::new();
+    for i in 0..60u32 {
+        for (s, conn) in senders.iter().enumerate() {
+            let conn = conn.clone();
+            inflight.push(async move {
+                let ack = conn
+                    .send(
+                        "bob",
+                        vec![MsgElem::text(format!("{i}"))],
+                        Default::default(),
+                    )
+                    .await
+                    .expect("send");
+                (s, i, ack.entry.expect("sender entry"))
+            });
+        }
+    }
+    let mut entries = vec![Vec::new(); senders.len()];
+    while let Some((s, i, entry)) = inflight.next().await {
+        entries[s].push((i, entry));
+    }
+    for (s, mut e) in entries.into_iter().enumerate() {
+        e.sort_unstable();
+        let seqs: Vec<u64> = e.iter().map(|(_, entry)| *entry).collect();
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(seqs, sorted, "sender s{s}: entries follow the issue order");
+    }
+}
