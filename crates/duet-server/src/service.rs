@@ -450,15 +450,15 @@ impl Services {
             .saturating_sub(retention.as_millis() as u64);
         loop {
             let r = self.store.sweep(cutoff, self.config.sweep_chunk).await?;
-            if r.total() == 0 {
-                break;
-            }
             total.entries += r.entries;
             total.messages += r.messages;
             total.conversations += r.conversations;
             self.metrics
                 .swept_rows
                 .fetch_add(r.total(), std::sync::atomic::Ordering::Relaxed);
+            if !r.more {
+                break;
+            }
             tokio::task::yield_now().await;
         }
         Ok(total)

@@ -748,11 +748,15 @@ impl PostgresStore {
             client.query_one(&stmt, &[&cutoff_ms, &cutoff_s, &chunk]),
         )
         .await?;
-        let report = SweepReport {
+        let mut report = SweepReport {
             entries: u64_at(&row, 0)?,
             messages: u64_at(&row, 1)?,
             conversations: u64_at(&row, 2)?,
+            more: false,
         };
+        // Each statement takes what it finds (indexed by time): done when
+        // a call finds nothing.
+        report.more = report.total() > 0;
         self.committed(started);
         Ok(report)
     }

@@ -267,12 +267,12 @@ async fn concurrent_sweeps() {
                         .sweep(cutoff, 7)
                         .await
                         .unwrap_or_else(|e| panic!("a concurrent sweep failed: {e}"));
-                    if r.total() == 0 {
-                        break total;
-                    }
                     total.entries += r.entries;
                     total.messages += r.messages;
                     total.conversations += r.conversations;
+                    if !r.more {
+                        break total;
+                    }
                 }
             };
             let (ra, rb) = tokio::join!(sweeper(a.clone()), sweeper(b.clone()));

@@ -147,6 +147,8 @@ pub struct SqliteStore {
     epoch: String,
     writer: Writer,
     readers: Arc<Readers>,
+    /// Where the retention sweep's walk over `conversations` goes on.
+    sweep_after: Mutex<Option<(String, String)>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -188,6 +190,7 @@ impl SqliteStore {
                 idle: Mutex::new(idle),
                 permits: Arc::new(Semaphore::new(readers)),
             }),
+            sweep_after: Mutex::new(None),
         })
     }
 
@@ -359,8 +362,22 @@ impl Store for SqliteStore {
     }
 
     async fn sweep(&self, cutoff_ms: u64, chunk: u32) -> StoreResult<SweepReport> {
-        let req = Sweep { cutoff_ms, chunk };
-        let (_, report) = self.write(req, writes::sweep).await?;
-        Ok(report)
+        let after = self
+            .sweep_after
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let req = Sweep {
+            cutoff_ms,
+            chunk,
+            after,
+        };
+        let (_, swept) = self.write(req, writes::sweep).await?;
+        // Moved only once the call committed.
+        *self
+            .sweep_after
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = swept.after;
+        Ok(swept.report)
     }
 }

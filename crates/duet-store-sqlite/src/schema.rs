@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use crate::db;
 
 /// Migrations, applied in order; migration `i` brings `user_version` to `i + 1`.
-const MIGRATIONS: &[&str] = &[MIGRATION_1];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
 
 /// Migration 1: the whole schema.
 ///
@@ -77,6 +77,16 @@ CREATE TABLE conversations (
 ) WITHOUT ROWID;
 CREATE INDEX conversations_recent ON conversations (user_id, last_time DESC, last_seq DESC);
 CREATE INDEX conversations_time ON conversations (last_time);
+";
+
+/// Migration 2: no secondary indexes on `conversations`. Each message moved
+/// both sides' rows in `conversations_recent` and `conversations_time` (a
+/// delete and an insert in each, at places spread over the whole index):
+/// a third of the writer's time. The conversation list sorts a user's rows
+/// when asked instead, and the retention sweep walks the table in key order.
+const MIGRATION_2: &str = "
+DROP INDEX IF EXISTS conversations_recent;
+DROP INDEX IF EXISTS conversations_time;
 ";
 
 const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
@@ -195,4 +205,65 @@ pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<String> {
         r.get(0)
     })
     .map_err(db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn indexes(conn: &Connection) -> Vec<String> {
+        let mut s = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name")
+            .expect("prepare");
+        s.query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .expect("rows")
+    }
+
+    /// A database made by a build that knew only migration 1 is brought up
+    /// to date: its data and epoch are kept, the conversation indexes go.
+    #[test]
+    fn a_version_1_database_migrates() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let path = dir.path().join("duet.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(MIGRATION_1).expect("migration 1");
+            conn.execute_batch(
+                "INSERT INTO meta (key, value) VALUES ('epoch', 'e1'); \
+                 INSERT INTO accounts (user_id, created_ms, head) VALUES ('alice', 1, 3); \
+                 INSERT INTO conversations (user_id, peer, last_msg_id, last_time, last_seq, unread) \
+                   VALUES ('alice', 'bob', NULL, 5, 3, 2); \
+                 PRAGMA user_version = 1;",
+            )
+            .expect("version 1 data");
+            assert!(indexes(&conn).contains(&"conversations_recent".to_string()));
+        }
+        let mut conn = open_writer(&path, 1 << 20).expect("open writer");
+        assert_eq!(
+            migrate(&mut conn).expect("migrate"),
+            "e1",
+            "the epoch is kept"
+        );
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(
+            indexes(&conn),
+            vec!["messages_time", "timeline_history", "timeline_ts"],
+            "only the indexes the write path keeps"
+        );
+        let unread: i64 = conn
+            .query_row(
+                "SELECT unread FROM conversations WHERE user_id = 'alice' AND peer = 'bob'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the conversation is kept");
+        assert_eq!(unread, 2);
+        // Migrating again changes nothing.
+        assert_eq!(migrate(&mut conn).expect("migrate again"), "e1");
+    }
 }

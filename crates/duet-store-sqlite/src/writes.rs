@@ -166,6 +166,9 @@ fn insert_payload_entry(
 
 /// Updates `user`'s view of the conversation with `peer` for a new message.
 /// `unread` counts the message as unread; `msg.no_last_msg` keeps the last message.
+///
+/// Most messages go to a conversation that exists: an `UPDATE` finds its row
+/// with one key lookup, and only a first message pays for the `INSERT`.
 fn touch_conversation(
     conn: &Connection,
     msg: &NewMessage,
@@ -178,13 +181,11 @@ fn touch_conversation(
     let unread = i64::from(unread);
     let msg_time = sql_u64(msg.msg_time);
     let seq = sql_u64(seq);
-    let result = if !msg.no_last_msg {
+    let updated = if !msg.no_last_msg {
         conn.prepare_cached(
-            "INSERT INTO conversations (user_id, peer, last_msg_id, last_time, last_seq, unread) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (user_id, peer) DO UPDATE SET \
-               last_msg_id = excluded.last_msg_id, last_time = excluded.last_time, \
-               last_seq = excluded.last_seq, unread = MIN(unread + excluded.unread, ?7)",
+            "UPDATE conversations SET last_msg_id = ?3, last_time = ?4, last_seq = ?5, \
+               unread = MIN(unread + ?6, ?7) \
+             WHERE user_id = ?1 AND peer = ?2",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -192,15 +193,26 @@ fn touch_conversation(
             ])
         })
     } else {
-        // A no-last-msg message: a new conversation starts without a last message.
+        // A no-last-msg message keeps the last message.
         conn.prepare_cached(
-            "INSERT INTO conversations (user_id, peer, last_msg_id, last_time, last_seq, unread) \
-             VALUES (?1, ?2, NULL, ?3, ?4, ?5) \
-             ON CONFLICT (user_id, peer) DO UPDATE SET unread = MIN(unread + excluded.unread, ?6)",
+            "UPDATE conversations SET unread = MIN(unread + ?3, ?4) \
+             WHERE user_id = ?1 AND peer = ?2",
         )
-        .and_then(|mut s| s.execute(params![user, peer, msg_time, seq, unread, UNREAD_CAP]))
-    };
-    result.map_err(db)?;
+        .and_then(|mut s| s.execute(params![user, peer, unread, UNREAD_CAP]))
+    }
+    .map_err(db)?;
+    if updated > 0 {
+        return Ok(());
+    }
+    // The first message of the conversation (a no-last-msg one starts it
+    // without a last message).
+    let last_msg_id = (!msg.no_last_msg).then_some(msg_id);
+    conn.prepare_cached(
+        "INSERT INTO conversations (user_id, peer, last_msg_id, last_time, last_seq, unread) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| s.execute(params![user, peer, last_msg_id, msg_time, seq, unread]))
+    .map_err(db)?;
     Ok(())
 }
 
@@ -537,10 +549,29 @@ pub(crate) fn recall(tx: &mut Tx<'_>, req: &RecallRequest) -> StoreResult<Recall
 pub(crate) struct Sweep {
     pub(crate) cutoff_ms: u64,
     pub(crate) chunk: u32,
+    /// Where the walk over `conversations` goes on: after this key
+    /// (`None`: from the start).
+    pub(crate) after: Option<(String, String)>,
+}
+
+/// Conversation rows one sweep call looks at, at most.
+const SWEEP_SCAN: i64 = 4096;
+
+/// What one sweep call did, and where the conversation walk goes on.
+pub(crate) struct Swept {
+    pub(crate) report: SweepReport,
+    pub(crate) after: Option<(String, String)>,
 }
 
 /// Removes up to `chunk` expired rows of each kind (see `Store::sweep`).
-pub(crate) fn sweep(tx: &mut Tx<'_>, req: &Sweep) -> StoreResult<SweepReport> {
+///
+/// Timeline entries and messages are found through their time indexes.
+/// `conversations` has no time index (keeping one cost every message two
+/// index moves), so expired conversations are found by walking the table
+/// in key order, [`SWEEP_SCAN`] rows per call: a call that reaches the end
+/// starts the next walk from the beginning, and the sweep is finished once
+/// a call removed nothing and its walk reached the end.
+pub(crate) fn sweep(tx: &mut Tx<'_>, req: &Sweep) -> StoreResult<Swept> {
     let conn = tx.conn();
     let chunk = i64::from(req.chunk);
     let delete = |sql: &str, cutoff: u64| -> StoreResult<u64> {
@@ -553,21 +584,60 @@ pub(crate) fn sweep(tx: &mut Tx<'_>, req: &Sweep) -> StoreResult<SweepReport> {
     // Messages and conversations are dated in whole seconds:
     // `msg_time * 1000 < cutoff_ms` is `msg_time < ceil(cutoff_ms / 1000)`.
     let cutoff_s = req.cutoff_ms.div_ceil(1000);
-    Ok(SweepReport {
-        entries: delete(
-            "DELETE FROM timeline WHERE (user_id, seq) IN \
-             (SELECT user_id, seq FROM timeline WHERE ts < ?1 LIMIT ?2)",
-            req.cutoff_ms,
-        )?,
-        messages: delete(
-            "DELETE FROM messages WHERE msg_id IN \
-             (SELECT msg_id FROM messages WHERE msg_time < ?1 LIMIT ?2)",
-            cutoff_s,
-        )?,
-        conversations: delete(
-            "DELETE FROM conversations WHERE (user_id, peer) IN \
-             (SELECT user_id, peer FROM conversations WHERE last_time < ?1 LIMIT ?2)",
-            cutoff_s,
-        )?,
+    let entries = delete(
+        "DELETE FROM timeline WHERE (user_id, seq) IN \
+         (SELECT user_id, seq FROM timeline WHERE ts < ?1 LIMIT ?2)",
+        req.cutoff_ms,
+    )?;
+    let messages = delete(
+        "DELETE FROM messages WHERE msg_id IN \
+         (SELECT msg_id FROM messages WHERE msg_time < ?1 LIMIT ?2)",
+        cutoff_s,
+    )?;
+
+    // The conversation walk: look at the next rows, remove the expired ones.
+    let (user, peer) = req
+        .after
+        .as_ref()
+        .map_or(("", ""), |(u, p)| (u.as_str(), p.as_str()));
+    let rows: Vec<(String, String, i64)> = conn
+        .prepare_cached(
+            "SELECT user_id, peer, last_time FROM conversations \
+             WHERE (user_id, peer) > (?1, ?2) ORDER BY user_id, peer LIMIT ?3",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![user, peer, SWEEP_SCAN], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
+        })
+        .map_err(db)?;
+    let reached_end = rows.len() < SWEEP_SCAN as usize;
+    let mut conversations = 0u64;
+    let mut after = None;
+    for (user, peer, last_time) in rows {
+        if last_time < sql_u64(cutoff_s) {
+            if conversations == u64::from(req.chunk) {
+                // Removed as many as allowed: go on from here next time.
+                break;
+            }
+            conn.prepare_cached("DELETE FROM conversations WHERE user_id = ?1 AND peer = ?2")
+                .and_then(|mut s| s.execute(params![user, peer]))
+                .map_err(db)?;
+            conversations += 1;
+        }
+        after = Some((user, peer));
+    }
+    let walk_done = reached_end && conversations < u64::from(req.chunk);
+    let report = SweepReport {
+        entries,
+        messages,
+        conversations,
+        more: false,
+    };
+    let more = report.total() > 0 || !walk_done;
+    Ok(Swept {
+        report: SweepReport { more, ..report },
+        after: if walk_done { None } else { after },
     })
 }

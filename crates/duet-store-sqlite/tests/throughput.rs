@@ -112,26 +112,30 @@ async fn send_throughput() {
     let cpu_before = cpu_times(&THREADS);
     let started = Instant::now();
     let mut tasks = Vec::new();
+    // Message times follow the order of the sends, as the server's clock does.
+    let clock = Arc::new(AtomicU64::new(0));
     for s in 0..senders {
         let store = Arc::clone(&store);
+        let clock = Arc::clone(&clock);
         let (body, body_json) = (body.clone(), body_json.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_sender);
             for i in 0..per_sender {
                 let n = s * per_sender + i;
+                let t = clock.fetch_add(1, Ordering::Relaxed);
                 let msg = NewMessage {
                     from: format!("u{}", s % users),
                     to: format!("u{}", (s + 1 + i) % users),
                     msg_seq: n as u32,
                     msg_random: 7,
-                    msg_time: 1_700_000_000 + n as u64 / 1000,
+                    msg_time: 1_700_000_000 + t / 1000,
                     body: body.clone(),
                     body_json: body_json.clone(),
                     cloud_custom_data: String::new(),
                     sender_copy: SenderCopy::Timeline,
                     no_unread: false,
                     no_last_msg: false,
-                    now_ms: 1_700_000_000_000 + n as u64,
+                    now_ms: 1_700_000_000_000 + t,
                 };
                 let sent = Instant::now();
                 store.send(msg).await.expect("send");

@@ -90,6 +90,7 @@ pub async fn run_all(factory: &dyn StoreFactory) {
         recall_window_passed,
         recall_without_sender_copy,
         sweep_removes_expired_only,
+        sweep_finds_every_expired_conversation,
         concurrent_sends_gap_free,
         concurrent_duplicates_store_once,
     );
@@ -1877,12 +1878,12 @@ pub async fn sweep_removes_expired_only(store: &dyn Store) {
             r.entries <= 2 && r.messages <= 2 && r.conversations <= 2,
             "a sweep must remove at most `chunk` rows of each kind, got {r:?}"
         );
-        if r.total() == 0 {
-            break;
-        }
         total.entries += r.entries;
         total.messages += r.messages;
         total.conversations += r.conversations;
+        if !r.more {
+            break;
+        }
         rounds += 1;
         assert!(rounds <= 100, "sweep must finish");
     }
@@ -1892,6 +1893,7 @@ pub async fn sweep_removes_expired_only(store: &dyn Store) {
             entries: 8,
             messages: 4,
             conversations: 2,
+            more: false,
         },
         "the sweep must remove the 8 old entries, 4 old messages and the 2 alice↔carol \
          conversations (whose last message expired), nothing else"
@@ -1960,6 +1962,90 @@ pub async fn sweep_removes_expired_only(store: &dyn Store) {
         Some(heads["carol"] + 1),
         "numbers are never reused after a sweep"
     );
+}
+
+/// A sweep over many conversations (more than a backend may look at in one
+/// call) removes exactly the expired ones, whatever their place in the
+/// table, and then reports that it is finished.
+pub async fn sweep_finds_every_expired_conversation(store: &dyn Store) {
+    let kit = Kit::new(store);
+    // 100 users, one message per pair: 4,950 pairs, 9,900 conversation rows
+    // (one on each side of a pair).
+    const USERS: usize = 100;
+    let names: Vec<String> = (0..USERS).map(|i| format!("w{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    kit.users(&refs).await;
+    let t_old = T0_MS;
+    let t_new = T0_MS + 10 * DAY_MS;
+    // Old pairs (their only message expires): some among the first users,
+    // and all pairs of the last ten users, so that in key order the expired
+    // rows sit at the start and at the end, with thousands of live rows
+    // between them.
+    let is_old =
+        |i: usize, j: usize| (i >= 90 && j >= 90) || (i < 40 && j < 40 && (i + j) % 7 == 0);
+    let mut msgs = Vec::new();
+    let mut seq = 10_000u32;
+    let mut old_pairs = 0u64;
+    for i in 0..USERS {
+        for j in (i + 1)..USERS {
+            seq += 1;
+            let old = is_old(i, j);
+            old_pairs += u64::from(old);
+            let t = if old { t_old } else { t_new } + u64::from(seq);
+            msgs.push(new_msg(&names[i], &names[j], seq, t, "x"));
+        }
+    }
+    while !msgs.is_empty() {
+        let rest = msgs.split_off(msgs.len().min(200));
+        let sends: Vec<BoxFut<'_, ()>> = std::mem::replace(&mut msgs, rest)
+            .into_iter()
+            .map(|m| {
+                let kit = &kit;
+                Box::pin(async move {
+                    kit.send(m).await;
+                }) as BoxFut<'_, ()>
+            })
+            .collect();
+        join_all(sends).await;
+    }
+    let cutoff = t_old + DAY_MS;
+    let mut removed = 0u64;
+    let mut calls = 0;
+    loop {
+        let r = store
+            .sweep(cutoff, 5000)
+            .await
+            .unwrap_or_else(|e| panic!("sweep failed: {e}"));
+        removed += r.conversations;
+        calls += 1;
+        assert!(calls <= 1000, "sweep must finish");
+        if !r.more {
+            break;
+        }
+    }
+    assert_eq!(
+        removed,
+        2 * old_pairs,
+        "every expired conversation (both sides of each old pair) is removed, nothing else"
+    );
+    for (i, name) in names.iter().enumerate() {
+        let convs = kit.conversations(name).await;
+        let mut peers: Vec<&str> = convs.iter().map(|c| c.peer.as_str()).collect();
+        peers.sort_unstable();
+        let expected: Vec<&str> = (0..USERS)
+            .filter(|&j| j != i && !is_old(i.min(j), i.max(j)))
+            .map(|j| names[j].as_str())
+            .collect();
+        assert_eq!(
+            peers, expected,
+            "{name} keeps exactly its unexpired conversations"
+        );
+    }
+    let again = store
+        .sweep(cutoff, 5000)
+        .await
+        .unwrap_or_else(|e| panic!("sweep failed: {e}"));
+    assert_eq!(again.total(), 0, "a finished sweep finds nothing more");
 }
 
 // ---------------------------------------------------------------------------

@@ -164,6 +164,9 @@ pub struct SweepReport {
     pub messages: u64,
     /// Conversations removed (their last message expired).
     pub conversations: u64,
+    /// The sweep is not finished: call again, even if this call removed
+    /// nothing (a backend may look at its rows a bounded part at a time).
+    pub more: bool,
 }
 
 impl SweepReport {
@@ -256,7 +259,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes at most `chunk` rows of each kind older than `cutoff_ms`
     /// (timeline entries by write time, messages and conversations by message time).
-    /// Call repeatedly until it returns a report with `total() == 0`.
+    /// Call repeatedly until it returns a report with `more == false`.
     /// Timeline numbering is unaffected: numbers are never reused.
     async fn sweep(&self, cutoff_ms: u64, chunk: u32) -> StoreResult<SweepReport>;
 }
