@@ -1981,8 +1981,9 @@ pub async fn sweep_finds_every_expired_conversation(store: &dyn Store) {
     // and all pairs of the last ten users, so that in key order the expired
     // rows sit at the start and at the end, with thousands of live rows
     // between them.
-    let is_old =
-        |i: usize, j: usize| (i >= 90 && j >= 90) || (i < 40 && j < 40 && (i + j) % 7 == 0);
+    let is_old = |i: usize, j: usize| {
+        (i >= 90 && j >= 90) || (i < 40 && j < 40 && (i + j).is_multiple_of(7))
+    };
     let mut msgs = Vec::new();
     let mut seq = 10_000u32;
     let mut old_pairs = 0u64;
