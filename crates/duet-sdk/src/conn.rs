@@ -127,7 +127,9 @@ pub fn ws_url(server: &str) -> String {
 fn ws_config() -> WebSocketConfig {
     let mut cfg = WebSocketConfig::default();
     cfg.read_buffer_size = 16 * 1024;
-    cfg.write_buffer_size = 0;
+    // The writer task flushes after each batch of queued frames: one
+    // `send` for many frames.
+    cfg.write_buffer_size = 16 * 1024;
     cfg.max_message_size = Some(64 << 20);
     cfg
 }

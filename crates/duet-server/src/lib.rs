@@ -177,8 +177,10 @@ async fn ws_upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Resp
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let buf = state.services.config().ws_buffer;
+    // Frames queue in the write buffer until it holds `WS_WRITE_BATCH`
+    // bytes or the gateway flushes: one `send` for a batch of frames.
     ws.read_buffer_size(buf)
-        .write_buffer_size(0)
+        .write_buffer_size(WS_WRITE_BATCH)
         .max_write_buffer_size(limits::MAX_FRAME_BYTES * 64)
         .max_message_size(limits::MAX_FRAME_BYTES)
         .max_frame_size(limits::MAX_FRAME_BYTES)
@@ -187,6 +189,12 @@ async fn ws_upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Resp
             gateway::serve_socket(socket, state.services.clone(), state.shutdown.clone()).await;
         })
 }
+
+/// Bytes of WebSocket frames gathered before a write to the socket (the
+/// gateway flushes after each batch of ready frames anyway). The buffer
+/// grows only as frames are queued, so an idle connection keeps no more
+/// than the last frame it was sent.
+const WS_WRITE_BATCH: usize = 16 * 1024;
 
 async fn healthz(State(state): State<AppState>) -> Response {
     if state.ready.load(Ordering::SeqCst) {

@@ -2,7 +2,9 @@
 //! `cargo test -p duet-store-sqlite --release --test throughput -- --ignored --nocapture`
 //! (`DUET_BENCH_BATCH=2048` overrides `max_batch`; `DUET_BENCH_USERS`,
 //! `DUET_BENCH_SENDERS` and `DUET_BENCH_PER_SENDER` the shape of the load:
-//! by default 2000 concurrent senders among 1000 users, 25 sends each).
+//! by default 2000 concurrent senders among 1000 users, 25 sends each;
+//! `DUET_BENCH_PEERS` the number of peers each sender cycles through,
+//! default 25; 1 gives fixed pairs, as `duet bench online` sends).
 //!
 //! Prints sends per second, the batches (jobs per batch, mean and longest
 //! `BEGIN`→durable `COMMIT`), the latency of single sends (enqueue → ack),
@@ -82,6 +84,7 @@ async fn send_throughput() {
     let users = env("DUET_BENCH_USERS", 1000);
     let senders = env("DUET_BENCH_SENDERS", 2000);
     let per_sender = env("DUET_BENCH_PER_SENDER", 25);
+    let peers = env("DUET_BENCH_PEERS", 25).max(1);
     let dir = tempfile::TempDir::new().expect("temp dir");
     let stats = Arc::new(Stats::default());
     let mut opts = SqliteOptions::new(dir.path().join("duet.db"));
@@ -125,7 +128,7 @@ async fn send_throughput() {
                 let t = clock.fetch_add(1, Ordering::Relaxed);
                 let msg = NewMessage {
                     from: format!("u{}", s % users),
-                    to: format!("u{}", (s + 1 + i) % users),
+                    to: format!("u{}", (s + 1 + i % peers) % users),
                     msg_seq: n as u32,
                     msg_random: 7,
                     msg_time: 1_700_000_000 + t / 1000,
