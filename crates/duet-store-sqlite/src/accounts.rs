@@ -35,9 +35,9 @@ use crate::rows::{sql_u64, u64_at};
 /// What the writer knows of one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AccountState {
-    /// The row's `rowid` (stable: nothing here rewrites rowids; a `VACUUM` by
-    /// another connection changes `data_version` and clears the cache).
-    pub(crate) rowid: i64,
+    /// The account's key, `accounts.uid` (an `INTEGER PRIMARY KEY`: it never
+    /// changes), which the account's rows in other tables carry.
+    pub(crate) uid: i64,
     /// The newest entry number of the account's timeline.
     pub(crate) head: u64,
     /// Nickname.
@@ -121,7 +121,7 @@ pub(crate) struct Accounts {
 }
 
 const SELECT_STATE: &str =
-    "SELECT rowid, head, nick, face_url, created_ms FROM accounts WHERE user_id = ?1";
+    "SELECT uid, head, nick, face_url, created_ms FROM accounts WHERE user_id = ?1";
 
 impl Accounts {
     /// An empty view keeping at most `capacity` committed accounts.
@@ -155,7 +155,7 @@ impl Accounts {
             .and_then(|mut s| {
                 s.query_row([user], |r| {
                     Ok(AccountState {
-                        rowid: r.get(0)?,
+                        uid: r.get(0)?,
                         head: u64_at(r, 1)?,
                         nick: Arc::from(r.get_ref(2)?.as_str()?),
                         face_url: Arc::from(r.get_ref(3)?.as_str()?),
@@ -207,21 +207,21 @@ impl Accounts {
     /// transaction, before `COMMIT`).
     pub(crate) fn write_heads(&self, conn: &Connection) -> StoreResult<()> {
         let mut stmt = conn
-            .prepare_cached("UPDATE accounts SET head = ?2 WHERE rowid = ?1")
+            .prepare_cached("UPDATE accounts SET head = ?2 WHERE uid = ?1")
             .map_err(db)?;
-        // In rowid order: neighbouring rows share pages.
+        // In key order: neighbouring rows share pages.
         let mut dirty: Vec<(i64, u64)> = self
             .batch
             .values()
             .filter(|p| p.head_dirty)
-            .map(|p| (p.state.rowid, p.state.head))
+            .map(|p| (p.state.uid, p.state.head))
             .collect();
         dirty.sort_unstable();
-        for (rowid, head) in dirty {
-            let n = stmt.execute([rowid, sql_u64(head)]).map_err(db)?;
+        for (uid, head) in dirty {
+            let n = stmt.execute([uid, sql_u64(head)]).map_err(db)?;
             if n != 1 {
                 return Err(StoreError::Backend(format!(
-                    "account row {rowid} vanished while writing its head"
+                    "account {uid} vanished while writing its head"
                 )));
             }
         }
@@ -262,9 +262,9 @@ impl Accounts {
 mod tests {
     use super::*;
 
-    fn state(rowid: i64, head: u64) -> AccountState {
+    fn state(uid: i64, head: u64) -> AccountState {
         AccountState {
-            rowid,
+            uid,
             head,
             nick: Arc::from(""),
             face_url: Arc::from(""),
@@ -286,7 +286,7 @@ mod tests {
         cache.insert("a".into(), state(1, 1));
         cache.insert("b".into(), state(2, 1));
         cache.insert("c".into(), state(3, 1)); // a, b become old
-        assert_eq!(cache.get("a").map(|s| s.rowid), Some(1));
+        assert_eq!(cache.get("a").map(|s| s.uid), Some(1));
         cache.insert("d".into(), state(4, 1)); // c, a become old; b dropped
         assert!(cache.get("b").is_none());
         assert!(cache.get("a").is_some() && cache.get("c").is_some());
@@ -296,7 +296,8 @@ mod tests {
     fn layers_shadow_each_other_and_fold_on_success_only() {
         let conn = Connection::open_in_memory().expect("db");
         conn.execute_batch(
-            "CREATE TABLE accounts (user_id TEXT PRIMARY KEY, nick TEXT NOT NULL DEFAULT '', \
+            "CREATE TABLE accounts (uid INTEGER PRIMARY KEY, user_id TEXT NOT NULL UNIQUE, \
+             nick TEXT NOT NULL DEFAULT '', \
              face_url TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL, \
              head INTEGER NOT NULL DEFAULT 0); \
              INSERT INTO accounts (user_id, created_ms, head) VALUES ('a', 5, 3);",

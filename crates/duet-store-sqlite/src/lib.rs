@@ -148,7 +148,7 @@ pub struct SqliteStore {
     writer: Writer,
     readers: Arc<Readers>,
     /// Where the retention sweep's walk over `conversations` goes on.
-    sweep_after: Mutex<Option<(String, String)>>,
+    sweep_after: Mutex<Option<(i64, i64)>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -362,11 +362,10 @@ impl Store for SqliteStore {
     }
 
     async fn sweep(&self, cutoff_ms: u64, chunk: u32) -> StoreResult<SweepReport> {
-        let after = self
+        let after = *self
             .sweep_after
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+            .unwrap_or_else(PoisonError::into_inner);
         let req = Sweep {
             cutoff_ms,
             chunk,

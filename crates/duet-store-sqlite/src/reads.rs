@@ -14,12 +14,21 @@ pub(crate) fn head(conn: &Connection, user: &str) -> StoreResult<u64> {
         .map_err(db)
 }
 
+/// The account key of the UserID in parameter `$param` (NULL when it has
+/// none, so that no row matches).
+macro_rules! uid_of {
+    ($param:literal) => {
+        concat!("(SELECT uid FROM accounts WHERE user_id = ", $param, ")")
+    };
+}
+
 /// Every entry in the window; message entries whose message was swept are skipped.
 const SYNC_ALL: &str = concat!(
     "SELECT t.seq, t.ts, t.kind, t.payload, ",
     msg_cols!(),
-    " FROM timeline t LEFT JOIN messages m ON m.msg_id = t.msg_id \
-     WHERE t.user_id = ?1 AND t.seq > ?2 AND t.seq <= ?3 \
+    " FROM timeline t LEFT JOIN messages m ON m.msg_id = t.msg_id WHERE t.uid = ",
+    uid_of!("?1"),
+    " AND t.seq > ?2 AND t.seq <= ?3 \
        AND (t.kind <> 0 OR m.msg_id IS NOT NULL) \
      ORDER BY t.seq LIMIT ?4"
 );
@@ -28,9 +37,10 @@ const SYNC_ALL: &str = concat!(
 const SYNC_CUT: &str = concat!(
     "WITH w AS ( \
        SELECT t.seq, t.ts, t.kind, t.payload, t.msg_id, \
-              ROW_NUMBER() OVER (PARTITION BY t.kind, t.peer ORDER BY t.seq DESC) AS rn \
-       FROM timeline t \
-       WHERE t.user_id = ?1 AND t.seq > ?2 AND t.seq <= ?3 \
+              ROW_NUMBER() OVER (PARTITION BY t.kind, t.peer_uid ORDER BY t.seq DESC) AS rn \
+       FROM timeline t WHERE t.uid = ",
+    uid_of!("?1"),
+    " AND t.seq > ?2 AND t.seq <= ?3 \
          AND (t.kind <> 0 OR EXISTS (SELECT 1 FROM messages x WHERE x.msg_id = t.msg_id)) \
      ) \
      SELECT w.seq, w.ts, w.kind, w.payload, ",
@@ -89,7 +99,11 @@ pub(crate) fn history(
         "SELECT t.seq, ",
         msg_cols!(),
         " FROM timeline t JOIN messages m ON m.msg_id = t.msg_id \
-         WHERE t.user_id = ?1 AND t.peer = ?2 AND t.kind = 0 AND t.seq < ?3 \
+         WHERE t.uid = ",
+        uid_of!("?1"),
+        " AND t.peer_uid = ",
+        uid_of!("?2"),
+        " AND t.kind = 0 AND t.seq < ?3 \
          ORDER BY t.seq DESC LIMIT ?4"
     );
     let before = before.map_or(i64::MAX, sql_u64);
@@ -113,11 +127,12 @@ pub(crate) fn conversations(
     count: u32,
 ) -> StoreResult<Vec<Conversation>> {
     const SQL: &str = concat!(
-        "SELECT c.peer, c.last_time, c.unread, c.read_time, c.peer_read_time, m.msg_id, ",
+        "SELECT p.user_id, c.last_time, c.unread, c.read_time, c.peer_read_time, m.msg_id, ",
         msg_cols!(),
-        " FROM conversations c LEFT JOIN messages m ON m.msg_id = c.last_msg_id \
-         WHERE c.user_id = ?1 \
-         ORDER BY c.last_time DESC, c.last_seq DESC LIMIT ?3 OFFSET ?2"
+        " FROM conversations c JOIN accounts p ON p.uid = c.peer_uid \
+         LEFT JOIN messages m ON m.msg_id = c.last_msg_id WHERE c.uid = ",
+        uid_of!("?1"),
+        " ORDER BY c.last_time DESC, c.last_seq DESC LIMIT ?3 OFFSET ?2"
     );
     conn.prepare_cached(SQL)
         .and_then(|mut s| {

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use crate::db;
 
 /// Migrations, applied in order; migration `i` brings `user_version` to `i + 1`.
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
 
 /// Migration 1: the whole schema.
 ///
@@ -87,6 +87,95 @@ CREATE INDEX conversations_time ON conversations (last_time);
 const MIGRATION_2: &str = "
 DROP INDEX IF EXISTS conversations_recent;
 DROP INDEX IF EXISTS conversations_time;
+";
+
+/// Migration 3: integer account keys. Every per-user row and index was keyed
+/// by the UserID text, so each message's dozen key comparisons and its index
+/// pages grew with the length of the UserIDs (11 more bytes per UserID cost
+/// the writer a third more time per message). Now:
+///
+/// - `accounts.uid` (the old `rowid`, now an `INTEGER PRIMARY KEY`, so it
+///   never changes) names the account everywhere else; `user_id` stays unique;
+/// - `timeline` and `conversations` are keyed by `(uid, …)`; their peer is
+///   `peer_uid` (0 for a read report about a peer without an account);
+/// - `messages` keeps the sender's and recipient's UserIDs for the read path,
+///   and its idempotency key becomes `(sender_uid, msg_seq, msg_random)`.
+///
+/// The tables are rebuilt in one transaction, rows and numbers kept.
+const MIGRATION_3: &str = "
+CREATE TABLE accounts_v3 (
+    uid        INTEGER PRIMARY KEY,
+    user_id    TEXT NOT NULL UNIQUE,
+    nick       TEXT NOT NULL DEFAULT '',
+    face_url   TEXT NOT NULL DEFAULT '',
+    created_ms INTEGER NOT NULL,
+    head       INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO accounts_v3 (uid, user_id, nick, face_url, created_ms, head)
+    SELECT rowid, user_id, nick, face_url, created_ms, head FROM accounts;
+CREATE TABLE messages_v3 (
+    msg_id            INTEGER PRIMARY KEY,
+    sender_uid        INTEGER NOT NULL,
+    sender            TEXT NOT NULL,
+    receiver          TEXT NOT NULL,
+    msg_seq           INTEGER NOT NULL,
+    msg_random        INTEGER NOT NULL,
+    msg_time          INTEGER NOT NULL,
+    body              TEXT NOT NULL,
+    cloud_custom_data TEXT NOT NULL,
+    nick              TEXT NOT NULL,
+    face_url          TEXT NOT NULL,
+    flags             INTEGER NOT NULL DEFAULT 0,
+    sender_seq        INTEGER,
+    UNIQUE (sender_uid, msg_seq, msg_random)
+);
+INSERT INTO messages_v3 (msg_id, sender_uid, sender, receiver, msg_seq, msg_random, msg_time,
+                         body, cloud_custom_data, nick, face_url, flags, sender_seq)
+    SELECT m.msg_id, a.uid, m.sender, m.receiver, m.msg_seq, m.msg_random, m.msg_time,
+           m.body, m.cloud_custom_data, m.nick, m.face_url, m.flags, m.sender_seq
+    FROM messages m JOIN accounts_v3 a ON a.user_id = m.sender;
+CREATE TABLE timeline_v3 (
+    uid      INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    ts       INTEGER NOT NULL,
+    kind     INTEGER NOT NULL,
+    peer_uid INTEGER NOT NULL,
+    msg_id   INTEGER,
+    payload  TEXT,
+    PRIMARY KEY (uid, seq)
+) WITHOUT ROWID;
+INSERT INTO timeline_v3 (uid, seq, ts, kind, peer_uid, msg_id, payload)
+    SELECT a.uid, t.seq, t.ts, t.kind, COALESCE(p.uid, 0), t.msg_id, t.payload
+    FROM timeline t JOIN accounts_v3 a ON a.user_id = t.user_id
+    LEFT JOIN accounts_v3 p ON p.user_id = t.peer;
+CREATE TABLE conversations_v3 (
+    uid            INTEGER NOT NULL,
+    peer_uid       INTEGER NOT NULL,
+    last_msg_id    INTEGER,
+    last_time      INTEGER NOT NULL,
+    last_seq       INTEGER NOT NULL,
+    unread         INTEGER NOT NULL DEFAULT 0,
+    read_time      INTEGER NOT NULL DEFAULT 0,
+    peer_read_time INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (uid, peer_uid)
+) WITHOUT ROWID;
+INSERT INTO conversations_v3 (uid, peer_uid, last_msg_id, last_time, last_seq, unread,
+                              read_time, peer_read_time)
+    SELECT a.uid, p.uid, c.last_msg_id, c.last_time, c.last_seq, c.unread,
+           c.read_time, c.peer_read_time
+    FROM conversations c JOIN accounts_v3 a ON a.user_id = c.user_id
+    JOIN accounts_v3 p ON p.user_id = c.peer;
+DROP TABLE conversations;
+DROP TABLE timeline;
+DROP TABLE messages;
+DROP TABLE accounts;
+ALTER TABLE accounts_v3 RENAME TO accounts;
+ALTER TABLE messages_v3 RENAME TO messages;
+ALTER TABLE timeline_v3 RENAME TO timeline;
+ALTER TABLE conversations_v3 RENAME TO conversations;
+CREATE INDEX messages_time ON messages (msg_time);
+CREATE INDEX timeline_history ON timeline (uid, peer_uid, seq, msg_id) WHERE kind = 0;
+CREATE INDEX timeline_ts ON timeline (ts);
 ";
 
 const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
@@ -233,6 +322,7 @@ mod tests {
             conn.execute_batch(
                 "INSERT INTO meta (key, value) VALUES ('epoch', 'e1'); \
                  INSERT INTO accounts (user_id, created_ms, head) VALUES ('alice', 1, 3); \
+                 INSERT INTO accounts (user_id, created_ms, head) VALUES ('bob', 1, 0); \
                  INSERT INTO conversations (user_id, peer, last_msg_id, last_time, last_seq, unread) \
                    VALUES ('alice', 'bob', NULL, 5, 3, 2); \
                  PRAGMA user_version = 1;",
@@ -257,7 +347,9 @@ mod tests {
         );
         let unread: i64 = conn
             .query_row(
-                "SELECT unread FROM conversations WHERE user_id = 'alice' AND peer = 'bob'",
+                "SELECT c.unread FROM conversations c \
+                 JOIN accounts a ON a.uid = c.uid AND a.user_id = 'alice' \
+                 JOIN accounts p ON p.uid = c.peer_uid AND p.user_id = 'bob'",
                 [],
                 |r| r.get(0),
             )
@@ -265,5 +357,156 @@ mod tests {
         assert_eq!(unread, 2);
         // Migrating again changes nothing.
         assert_eq!(migrate(&mut conn).expect("migrate again"), "e1");
+    }
+}
+
+#[cfg(test)]
+mod upgrade_tests {
+    //! A database written by a build that knew only migration 1, opened by
+    //! this one: everything the store API shows is the same, and writing
+    //! continues where it left off.
+
+    use duet_proto::{EntryKind, MsgElem};
+    use duet_store::{NewMessage, SendOutcome, SenderCopy, Store};
+
+    use super::*;
+    use crate::{SqliteOptions, SqliteStore};
+
+    const T: u64 = 1_700_000_000_000;
+
+    /// What the version-1 code wrote for: alice → bob "one" (msg 1), bob →
+    /// alice "two" (msg 2), bob read alice's messages, and a read report by
+    /// bob about "ghost", who has no account.
+    const V1_DATA: &str = r#"
+        INSERT INTO meta (key, value) VALUES ('epoch', 'e1');
+        INSERT INTO accounts (user_id, nick, face_url, created_ms, head) VALUES
+            ('alice', 'Al', '', 1, 3), ('bob', '', '', 2, 4);
+        INSERT INTO messages (msg_id, sender, receiver, msg_seq, msg_random, msg_time, body,
+                              cloud_custom_data, nick, face_url, flags, sender_seq) VALUES
+            (1, 'alice', 'bob', 11, 111, 1700000000,
+             '[{"MsgType":"TIMTextElem","MsgContent":{"Text":"one"}}]', '', 'Al', '', 0, 1),
+            (2, 'bob', 'alice', 22, 222, 1700000001,
+             '[{"MsgType":"TIMTextElem","MsgContent":{"Text":"two"}}]', '', '', '', 0, 2);
+        INSERT INTO timeline (user_id, seq, ts, kind, peer, msg_id, payload) VALUES
+            ('alice', 1, 1700000000000, 0, 'bob', 1, NULL),
+            ('bob', 1, 1700000000000, 0, 'alice', 1, NULL),
+            ('bob', 2, 1700000001000, 0, 'alice', 2, NULL),
+            ('alice', 2, 1700000001000, 0, 'bob', 2, NULL),
+            ('bob', 3, 1700000002000, 2, 'alice', NULL,
+             '{"reader":"bob","peer":"alice","read_time":1700000002}'),
+            ('alice', 3, 1700000002000, 2, 'bob', NULL,
+             '{"reader":"bob","peer":"alice","read_time":1700000002}'),
+            ('bob', 4, 1700000003000, 2, 'ghost', NULL,
+             '{"reader":"bob","peer":"ghost","read_time":1700000003}');
+        INSERT INTO conversations (user_id, peer, last_msg_id, last_time, last_seq, unread,
+                                   read_time, peer_read_time) VALUES
+            ('alice', 'bob', 2, 1700000001, 2, 1, 0, 1700000002),
+            ('bob', 'alice', 2, 1700000001, 2, 0, 1700000002, 0);
+        PRAGMA user_version = 1;
+    "#;
+
+    fn text_of(m: &duet_proto::Message) -> &str {
+        m.body.first().and_then(MsgElem::as_text).unwrap_or("")
+    }
+
+    #[test]
+    fn a_version_1_store_reads_and_writes_on() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let path = dir.path().join("duet.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(MIGRATION_1).expect("migration 1");
+            conn.execute_batch(V1_DATA).expect("version 1 data");
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let store = SqliteStore::open(SqliteOptions::new(&path)).expect("open v1 store");
+            assert_eq!(store.epoch(), "e1");
+            assert_eq!(store.head("alice").await, Ok(3));
+            assert_eq!(store.head("bob").await, Ok(4));
+
+            let bob = store.sync("bob", 0, 4, 100, 100).await.expect("sync");
+            let seqs: Vec<u64> = bob.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, vec![1, 2, 3, 4], "every entry kept, in order");
+            match &bob[0].kind {
+                EntryKind::Message { message } => {
+                    assert_eq!((message.from.as_str(), text_of(message)), ("alice", "one"));
+                    assert_eq!(message.msg_key, "11_111_1700000000");
+                }
+                other => panic!("entry 1 must be alice's message, got {other:?}"),
+            }
+            assert!(
+                matches!(&bob[3].kind, EntryKind::Read(r) if r.peer == "ghost"),
+                "a read report about a peer without an account survives"
+            );
+
+            let h = store
+                .history("alice", "bob", None, 10)
+                .await
+                .expect("history");
+            let texts: Vec<&str> = h.iter().map(|i| text_of(&i.message)).collect();
+            assert_eq!(texts, vec!["two", "one"]);
+            assert_eq!(h[0].seq, 2);
+
+            let convs = store.conversations("alice", 0, 10).await.expect("convs");
+            assert_eq!(convs.len(), 1);
+            assert_eq!(convs[0].peer, "bob");
+            assert_eq!(convs[0].unread, 1);
+            assert_eq!(convs[0].peer_read_time, 1_700_000_002);
+            assert_eq!(
+                convs[0].last_message.as_ref().map(text_of),
+                Some("two"),
+                "the last message is kept"
+            );
+
+            // A retry of a version-1 message is recognised.
+            let body = vec![MsgElem::text("one")];
+            let retry = NewMessage {
+                from: "alice".into(),
+                to: "bob".into(),
+                msg_seq: 11,
+                msg_random: 111,
+                msg_time: 1_700_000_100,
+                body_json: serde_json::to_string(&body).expect("json"),
+                body,
+                cloud_custom_data: String::new(),
+                sender_copy: SenderCopy::Timeline,
+                no_unread: false,
+                no_last_msg: false,
+                now_ms: T + 100_000,
+            };
+            match store.send(retry.clone()).await.expect("retry") {
+                SendOutcome::Duplicate {
+                    message,
+                    sender_entry_seq,
+                } => {
+                    assert_eq!(message.msg_key, "11_111_1700000000");
+                    assert_eq!(sender_entry_seq, Some(1));
+                }
+                other => panic!("a retry must be a duplicate, got {other:?}"),
+            }
+            // A new message continues both timelines.
+            let new = NewMessage {
+                msg_seq: 12,
+                ..retry
+            };
+            match store.send(new).await.expect("send") {
+                SendOutcome::Stored {
+                    recipient_entry,
+                    sender_entry,
+                    ..
+                } => {
+                    assert_eq!(recipient_entry.seq, 5);
+                    assert_eq!(sender_entry.map(|e| e.seq), Some(4));
+                }
+                other => panic!("a new message must be stored, got {other:?}"),
+            }
+            let convs = store.conversations("bob", 0, 10).await.expect("convs");
+            assert_eq!(convs[0].unread, 1, "bob's unread count goes on from 0");
+            store.close();
+        });
     }
 }

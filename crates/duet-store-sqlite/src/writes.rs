@@ -52,7 +52,7 @@ pub(crate) fn ensure_account(tx: &mut Tx<'_>, req: &EnsureAccount) -> StoreResul
         .and_then(|mut s| s.execute(params![req.user, sql_u64(req.now_ms)]))
         .map_err(db)?;
     let state = AccountState {
-        rowid: tx.conn().last_insert_rowid(),
+        uid: tx.conn().last_insert_rowid(),
         head: 0,
         nick: Arc::from(""),
         face_url: Arc::from(""),
@@ -90,7 +90,7 @@ pub(crate) fn set_profile(tx: &mut Tx<'_>, req: &SetProfile) -> StoreResult<Acco
             })
             .map_err(db)?;
         let state = AccountState {
-            rowid: tx.conn().last_insert_rowid(),
+            uid: tx.conn().last_insert_rowid(),
             head: 0,
             nick: Arc::from(nick.unwrap_or_default()),
             face_url: Arc::from(face_url.unwrap_or_default()),
@@ -109,9 +109,9 @@ pub(crate) fn set_profile(tx: &mut Tx<'_>, req: &SetProfile) -> StoreResult<Acco
         .conn()
         .prepare_cached(
             "UPDATE accounts SET nick = COALESCE(?3, nick), face_url = COALESCE(?4, face_url) \
-             WHERE rowid = ?1 AND user_id = ?2",
+             WHERE uid = ?1 AND user_id = ?2",
         )
-        .and_then(|mut s| s.execute(params![state.rowid, user, nick, face_url]))
+        .and_then(|mut s| s.execute(params![state.uid, user, nick, face_url]))
         .map_err(db)?;
     if n != 1 {
         return Err(StoreError::Backend(format!(
@@ -131,17 +131,17 @@ pub(crate) fn set_profile(tx: &mut Tx<'_>, req: &SetProfile) -> StoreResult<Acco
 
 fn insert_message_entry(
     conn: &Connection,
-    user: &str,
+    uid: i64,
     seq: u64,
     ts: u64,
-    peer: &str,
+    peer_uid: i64,
     msg_id: i64,
 ) -> StoreResult<()> {
     conn.prepare_cached(
-        "INSERT INTO timeline (user_id, seq, ts, kind, peer, msg_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO timeline (uid, seq, ts, kind, peer_uid, msg_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
     .and_then(|mut s| {
-        s.execute(params![user, sql_u64(seq), sql_u64(ts), KIND_MESSAGE, peer, msg_id])
+        s.execute(params![uid, sql_u64(seq), sql_u64(ts), KIND_MESSAGE, peer_uid, msg_id])
     })
     .map_err(db)?;
     Ok(())
@@ -149,17 +149,17 @@ fn insert_message_entry(
 
 fn insert_payload_entry(
     conn: &Connection,
-    user: &str,
+    uid: i64,
     seq: u64,
     ts: u64,
     kind: i64,
-    peer: &str,
+    peer_uid: i64,
     payload: &str,
 ) -> StoreResult<()> {
     conn.prepare_cached(
-        "INSERT INTO timeline (user_id, seq, ts, kind, peer, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO timeline (uid, seq, ts, kind, peer_uid, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
-    .and_then(|mut s| s.execute(params![user, sql_u64(seq), sql_u64(ts), kind, peer, payload]))
+    .and_then(|mut s| s.execute(params![uid, sql_u64(seq), sql_u64(ts), kind, peer_uid, payload]))
     .map_err(db)?;
     Ok(())
 }
@@ -173,8 +173,8 @@ fn touch_conversation(
     conn: &Connection,
     msg: &NewMessage,
     msg_id: i64,
-    user: &str,
-    peer: &str,
+    uid: i64,
+    peer_uid: i64,
     seq: u64,
     unread: bool,
 ) -> StoreResult<()> {
@@ -185,20 +185,20 @@ fn touch_conversation(
         conn.prepare_cached(
             "UPDATE conversations SET last_msg_id = ?3, last_time = ?4, last_seq = ?5, \
                unread = MIN(unread + ?6, ?7) \
-             WHERE user_id = ?1 AND peer = ?2",
+             WHERE uid = ?1 AND peer_uid = ?2",
         )
         .and_then(|mut s| {
             s.execute(params![
-                user, peer, msg_id, msg_time, seq, unread, UNREAD_CAP
+                uid, peer_uid, msg_id, msg_time, seq, unread, UNREAD_CAP
             ])
         })
     } else {
         // A no-last-msg message keeps the last message.
         conn.prepare_cached(
             "UPDATE conversations SET unread = MIN(unread + ?3, ?4) \
-             WHERE user_id = ?1 AND peer = ?2",
+             WHERE uid = ?1 AND peer_uid = ?2",
         )
-        .and_then(|mut s| s.execute(params![user, peer, unread, UNREAD_CAP]))
+        .and_then(|mut s| s.execute(params![uid, peer_uid, unread, UNREAD_CAP]))
     }
     .map_err(db)?;
     if updated > 0 {
@@ -208,10 +208,10 @@ fn touch_conversation(
     // without a last message).
     let last_msg_id = (!msg.no_last_msg).then_some(msg_id);
     conn.prepare_cached(
-        "INSERT INTO conversations (user_id, peer, last_msg_id, last_time, last_seq, unread) \
+        "INSERT INTO conversations (uid, peer_uid, last_msg_id, last_time, last_seq, unread) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
-    .and_then(|mut s| s.execute(params![user, peer, last_msg_id, msg_time, seq, unread]))
+    .and_then(|mut s| s.execute(params![uid, peer_uid, last_msg_id, msg_time, seq, unread]))
     .map_err(db)?;
     Ok(())
 }
@@ -234,16 +234,20 @@ pub(crate) enum SendWritten {
     },
 }
 
-/// The original of a retried message.
-fn original(conn: &Connection, msg: &NewMessage) -> StoreResult<Option<SendWritten>> {
+/// The original of a retried message (`sender_uid` is the sender's account).
+fn original(
+    conn: &Connection,
+    sender_uid: i64,
+    msg: &NewMessage,
+) -> StoreResult<Option<SendWritten>> {
     conn.prepare_cached(concat!(
         "SELECT ",
         msg_cols!(),
         ", m.sender_seq FROM messages m \
-         WHERE m.sender = ?1 AND m.msg_seq = ?2 AND m.msg_random = ?3"
+         WHERE m.sender_uid = ?1 AND m.msg_seq = ?2 AND m.msg_random = ?3"
     ))
     .and_then(|mut s| {
-        s.query_row(params![msg.from, msg.msg_seq, msg.msg_random], |r| {
+        s.query_row(params![sender_uid, msg.msg_seq, msg.msg_random], |r| {
             Ok(SendWritten::Duplicate {
                 message: message_at(r, 0)?,
                 sender_entry_seq: r
@@ -281,10 +285,10 @@ pub(crate) fn send(tx: &mut Tx<'_>, msg: &NewMessage) -> StoreResult<SendWritten
     let conn = tx.conn();
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO messages (sender, receiver, msg_seq, msg_random, msg_time, body, \
-               cloud_custom_data, nick, face_url, flags, sender_seq) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10) \
-             ON CONFLICT (sender, msg_seq, msg_random) DO NOTHING",
+            "INSERT INTO messages (sender_uid, sender, receiver, msg_seq, msg_random, msg_time, \
+               body, cloud_custom_data, nick, face_url, flags, sender_seq) \
+             VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10) \
+             ON CONFLICT (sender_uid, msg_seq, msg_random) DO NOTHING",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -298,21 +302,23 @@ pub(crate) fn send(tx: &mut Tx<'_>, msg: &NewMessage) -> StoreResult<SendWritten
                 &*sender.nick,
                 &*sender.face_url,
                 sender_seq.map(sql_u64),
+                sender.uid,
             ])
         })
         .map_err(db)?;
     if inserted == 0 {
-        return original(conn, msg)?.ok_or_else(|| {
+        return original(conn, sender.uid, msg)?.ok_or_else(|| {
             StoreError::Backend("a message both exists and does not (unique key)".into())
         });
     }
     let msg_id = conn.last_insert_rowid();
-    insert_message_entry(conn, &msg.to, recipient_seq, msg.now_ms, &msg.from, msg_id)?;
+    let (to, from) = (recipient.uid, sender.uid);
+    insert_message_entry(conn, to, recipient_seq, msg.now_ms, from, msg_id)?;
     let unread = !msg.no_unread && !self_send;
-    touch_conversation(conn, msg, msg_id, &msg.to, &msg.from, recipient_seq, unread)?;
+    touch_conversation(conn, msg, msg_id, to, from, recipient_seq, unread)?;
     if let Some(seq) = sender_seq {
-        insert_message_entry(conn, &msg.from, seq, msg.now_ms, &msg.to, msg_id)?;
-        touch_conversation(conn, msg, msg_id, &msg.from, &msg.to, seq, false)?;
+        insert_message_entry(conn, from, seq, msg.now_ms, to, msg_id)?;
+        touch_conversation(conn, msg, msg_id, from, to, seq, false)?;
     }
     tx.next_seq(&msg.to, &recipient);
     if sender_seq.is_some() {
@@ -404,24 +410,39 @@ pub(crate) fn mark_read(tx: &mut Tx<'_>, req: &MarkRead) -> StoreResult<ReadOutc
 
     let conn = tx.conn();
     let reader_seq = reader.head + 1;
+    // The peer's account key: the reader's own for a conversation with
+    // oneself, 0 for a peer without an account (it has no conversation).
+    let peer_uid = match &peer_account {
+        Some(account) => account.uid,
+        None if user == peer => reader.uid,
+        None => 0,
+    };
     insert_payload_entry(
-        conn, user, reader_seq, req.now_ms, KIND_READ, peer, &payload,
+        conn, reader.uid, reader_seq, req.now_ms, KIND_READ, peer_uid, &payload,
     )?;
     conn.prepare_cached(
         "UPDATE conversations SET unread = 0, read_time = MAX(read_time, ?3) \
-         WHERE user_id = ?1 AND peer = ?2",
+         WHERE uid = ?1 AND peer_uid = ?2",
     )
-    .and_then(|mut s| s.execute(params![user, peer, sql_u64(req.read_time)]))
+    .and_then(|mut s| s.execute(params![reader.uid, peer_uid, sql_u64(req.read_time)]))
     .map_err(db)?;
     let peer_entry = match &peer_account {
         Some(account) => {
             let seq = account.head + 1;
-            insert_payload_entry(conn, peer, seq, req.now_ms, KIND_READ, user, &payload)?;
+            insert_payload_entry(
+                conn,
+                account.uid,
+                seq,
+                req.now_ms,
+                KIND_READ,
+                reader.uid,
+                &payload,
+            )?;
             conn.prepare_cached(
                 "UPDATE conversations SET peer_read_time = MAX(peer_read_time, ?3) \
-                 WHERE user_id = ?1 AND peer = ?2",
+                 WHERE uid = ?1 AND peer_uid = ?2",
             )
-            .and_then(|mut s| s.execute(params![peer, user, sql_u64(req.read_time)]))
+            .and_then(|mut s| s.execute(params![account.uid, reader.uid, sql_u64(req.read_time)]))
             .map_err(db)?;
             Some(Entry {
                 seq,
@@ -448,14 +469,18 @@ pub(crate) fn mark_read(tx: &mut Tx<'_>, req: &MarkRead) -> StoreResult<ReadOutc
 /// Recalls a message (see `Store::recall`).
 pub(crate) fn recall(tx: &mut Tx<'_>, req: &RecallRequest) -> StoreResult<RecallOutcome> {
     let MsgKey { seq, random, time } = req.key;
+    // Without an account, nobody has sent anything.
+    let Some(by) = tx.account(&req.by)? else {
+        return Err(StoreError::MessageNotFound);
+    };
     let found = tx
         .conn()
         .prepare_cached(
             "SELECT msg_id, receiver, msg_time, flags, sender_seq FROM messages \
-             WHERE sender = ?1 AND msg_seq = ?2 AND msg_random = ?3",
+             WHERE sender_uid = ?1 AND msg_seq = ?2 AND msg_random = ?3",
         )
         .and_then(|mut s| {
-            s.query_row(params![req.by, seq, random], |r| {
+            s.query_row(params![by.uid, seq, random], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
@@ -482,14 +507,7 @@ pub(crate) fn recall(tx: &mut Tx<'_>, req: &RecallRequest) -> StoreResult<Recall
     let Some(recipient) = tx.account(&receiver)? else {
         return Err(StoreError::UnknownAccount(receiver));
     };
-    let sender = if sender_seq.is_some() && req.by != receiver {
-        match tx.account(&req.by)? {
-            Some(sender) => Some(sender),
-            None => return Err(StoreError::UnknownAccount(req.by.clone())),
-        }
-    } else {
-        None
-    };
+    let sender = (sender_seq.is_some() && req.by != receiver).then_some(by);
     let recall = Recall {
         msg_key: req.key.to_string(),
         from: req.by.clone(),
@@ -502,13 +520,14 @@ pub(crate) fn recall(tx: &mut Tx<'_>, req: &RecallRequest) -> StoreResult<Recall
         .and_then(|mut s| s.execute(params![msg_id, FLAG_RECALLED]))
         .map_err(db)?;
     let recipient_seq = recipient.head + 1;
+    let by_uid = sender.as_ref().map_or(recipient.uid, |a| a.uid);
     insert_payload_entry(
         conn,
-        &receiver,
+        recipient.uid,
         recipient_seq,
         req.now_ms,
         KIND_RECALL,
-        &req.by,
+        by_uid,
         &payload,
     )?;
     let sender_entry = match &sender {
@@ -516,11 +535,11 @@ pub(crate) fn recall(tx: &mut Tx<'_>, req: &RecallRequest) -> StoreResult<Recall
             let seq = account.head + 1;
             insert_payload_entry(
                 conn,
-                &req.by,
+                account.uid,
                 seq,
                 req.now_ms,
                 KIND_RECALL,
-                &receiver,
+                recipient.uid,
                 &payload,
             )?;
             Some(Entry {
@@ -551,7 +570,7 @@ pub(crate) struct Sweep {
     pub(crate) chunk: u32,
     /// Where the walk over `conversations` goes on: after this key
     /// (`None`: from the start).
-    pub(crate) after: Option<(String, String)>,
+    pub(crate) after: Option<(i64, i64)>,
 }
 
 /// Conversation rows one sweep call looks at, at most.
@@ -560,7 +579,7 @@ const SWEEP_SCAN: i64 = 4096;
 /// What one sweep call did, and where the conversation walk goes on.
 pub(crate) struct Swept {
     pub(crate) report: SweepReport,
-    pub(crate) after: Option<(String, String)>,
+    pub(crate) after: Option<(i64, i64)>,
 }
 
 /// Removes up to `chunk` expired rows of each kind (see `Store::sweep`).
@@ -585,8 +604,8 @@ pub(crate) fn sweep(tx: &mut Tx<'_>, req: &Sweep) -> StoreResult<Swept> {
     // `msg_time * 1000 < cutoff_ms` is `msg_time < ceil(cutoff_ms / 1000)`.
     let cutoff_s = req.cutoff_ms.div_ceil(1000);
     let entries = delete(
-        "DELETE FROM timeline WHERE (user_id, seq) IN \
-         (SELECT user_id, seq FROM timeline WHERE ts < ?1 LIMIT ?2)",
+        "DELETE FROM timeline WHERE (uid, seq) IN \
+         (SELECT uid, seq FROM timeline WHERE ts < ?1 LIMIT ?2)",
         req.cutoff_ms,
     )?;
     let messages = delete(
@@ -596,17 +615,14 @@ pub(crate) fn sweep(tx: &mut Tx<'_>, req: &Sweep) -> StoreResult<Swept> {
     )?;
 
     // The conversation walk: look at the next rows, remove the expired ones.
-    let (user, peer) = req
-        .after
-        .as_ref()
-        .map_or(("", ""), |(u, p)| (u.as_str(), p.as_str()));
-    let rows: Vec<(String, String, i64)> = conn
+    let (uid, peer_uid) = req.after.unwrap_or((i64::MIN, i64::MIN));
+    let rows: Vec<(i64, i64, i64)> = conn
         .prepare_cached(
-            "SELECT user_id, peer, last_time FROM conversations \
-             WHERE (user_id, peer) > (?1, ?2) ORDER BY user_id, peer LIMIT ?3",
+            "SELECT uid, peer_uid, last_time FROM conversations \
+             WHERE (uid, peer_uid) > (?1, ?2) ORDER BY uid, peer_uid LIMIT ?3",
         )
         .and_then(|mut s| {
-            s.query_map(params![user, peer, SWEEP_SCAN], |r| {
+            s.query_map(params![uid, peer_uid, SWEEP_SCAN], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?
             .collect()
@@ -615,18 +631,18 @@ pub(crate) fn sweep(tx: &mut Tx<'_>, req: &Sweep) -> StoreResult<Swept> {
     let reached_end = rows.len() < SWEEP_SCAN as usize;
     let mut conversations = 0u64;
     let mut after = None;
-    for (user, peer, last_time) in rows {
+    for (uid, peer_uid, last_time) in rows {
         if last_time < sql_u64(cutoff_s) {
             if conversations == u64::from(req.chunk) {
                 // Removed as many as allowed: go on from here next time.
                 break;
             }
-            conn.prepare_cached("DELETE FROM conversations WHERE user_id = ?1 AND peer = ?2")
-                .and_then(|mut s| s.execute(params![user, peer]))
+            conn.prepare_cached("DELETE FROM conversations WHERE uid = ?1 AND peer_uid = ?2")
+                .and_then(|mut s| s.execute(params![uid, peer_uid]))
                 .map_err(db)?;
             conversations += 1;
         }
-        after = Some((user, peer));
+        after = Some((uid, peer_uid));
     }
     let walk_done = reached_end && conversations < u64::from(req.chunk);
     let report = SweepReport {

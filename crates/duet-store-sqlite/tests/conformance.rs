@@ -353,8 +353,8 @@ async fn writes_by_another_connection_are_seen() {
         .execute_batch(
             "BEGIN IMMEDIATE;
              UPDATE accounts SET head = head + 1 WHERE user_id = 'bob';
-             INSERT INTO timeline (user_id, seq, ts, kind, peer, payload)
-               SELECT 'bob', head, 0, 2, 'alice',
+             INSERT INTO timeline (uid, seq, ts, kind, peer_uid, payload)
+               SELECT uid, head, 0, 2, (SELECT uid FROM accounts WHERE user_id = 'alice'),
                       '{\"reader\":\"bob\",\"peer\":\"alice\",\"read_time\":0}'
                FROM accounts WHERE user_id = 'bob';
              UPDATE accounts SET nick = 'Alice2' WHERE user_id = 'alice';
@@ -411,8 +411,8 @@ async fn a_send_failing_after_writing_fails_alone() {
         .busy_timeout(Duration::from_secs(5))
         .expect("busy timeout");
     let plant = format!(
-        "INSERT INTO timeline (user_id, seq, ts, kind, peer, payload) \
-         VALUES ('bob', {}, 0, 2, 'x', '{{}}')",
+        "INSERT INTO timeline (uid, seq, ts, kind, peer_uid, payload) \
+         SELECT uid, {}, 0, 2, 0, '{{}}' FROM accounts WHERE user_id = 'bob'",
         bob_head + 1
     );
     other.execute_batch(&plant).expect("plant a row");
@@ -456,7 +456,8 @@ async fn a_send_failing_after_writing_fails_alone() {
     // and takes the number it could not take before.
     other
         .execute_batch(&format!(
-            "DELETE FROM timeline WHERE user_id = 'bob' AND seq = {}",
+            "DELETE FROM timeline WHERE uid = (SELECT uid FROM accounts WHERE user_id = 'bob') \
+             AND seq = {}",
             bob_head + 1
         ))
         .expect("repair");

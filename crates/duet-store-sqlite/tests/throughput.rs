@@ -4,7 +4,8 @@
 //! `DUET_BENCH_SENDERS` and `DUET_BENCH_PER_SENDER` the shape of the load:
 //! by default 2000 concurrent senders among 1000 users, 25 sends each;
 //! `DUET_BENCH_PEERS` the number of peers each sender cycles through,
-//! default 25; 1 gives fixed pairs, as `duet bench online` sends).
+//! default 25; 1 gives fixed pairs, as `duet bench online` sends;
+//! `DUET_BENCH_PREFIX` is put before every UserID, e.g. `bench-user-`).
 //!
 //! Prints sends per second, the batches (jobs per batch, mean and longest
 //! `BEGIN`→durable `COMMIT`), the latency of single sends (enqueue → ack),
@@ -85,6 +86,8 @@ async fn send_throughput() {
     let senders = env("DUET_BENCH_SENDERS", 2000);
     let per_sender = env("DUET_BENCH_PER_SENDER", 25);
     let peers = env("DUET_BENCH_PEERS", 25).max(1);
+    let prefix = std::env::var("DUET_BENCH_PREFIX").unwrap_or_default();
+    let user = move |i: usize| format!("{prefix}u{i}");
     let dir = tempfile::TempDir::new().expect("temp dir");
     let stats = Arc::new(Stats::default());
     let mut opts = SqliteOptions::new(dir.path().join("duet.db"));
@@ -98,10 +101,7 @@ async fn send_throughput() {
     let db_path = opts.path.clone();
     let store = Arc::new(SqliteStore::open(opts).expect("open"));
     for u in 0..users {
-        store
-            .ensure_account(&format!("u{u}"), 0)
-            .await
-            .expect("account");
+        store.ensure_account(&user(u), 0).await.expect("account");
     }
     let body = vec![MsgElem::text("hello, this is a typical short chat message")];
     let body_json = serde_json::to_string(&body).expect("json");
@@ -120,6 +120,7 @@ async fn send_throughput() {
     for s in 0..senders {
         let store = Arc::clone(&store);
         let clock = Arc::clone(&clock);
+        let user = user.clone();
         let (body, body_json) = (body.clone(), body_json.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_sender);
@@ -127,8 +128,8 @@ async fn send_throughput() {
                 let n = s * per_sender + i;
                 let t = clock.fetch_add(1, Ordering::Relaxed);
                 let msg = NewMessage {
-                    from: format!("u{}", s % users),
-                    to: format!("u{}", (s + 1 + i % peers) % users),
+                    from: user(s % users),
+                    to: user((s + 1 + i % peers) % users),
                     msg_seq: n as u32,
                     msg_random: 7,
                     msg_time: 1_700_000_000 + t / 1000,
@@ -195,10 +196,13 @@ async fn send_throughput() {
     );
     let started = Instant::now();
     for u in 0..200 {
-        let u = format!("u{u}");
+        let u = user(u);
         let head = store.head(&u).await.expect("head");
         store.sync(&u, 0, head, 20, u32::MAX).await.expect("sync");
-        store.history(&u, "u5", None, 20).await.expect("history");
+        store
+            .history(&u, &user(5), None, 20)
+            .await
+            .expect("history");
         store.conversations(&u, 0, 50).await.expect("convs");
     }
     println!(
