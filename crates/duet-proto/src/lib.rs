@@ -27,4 +27,6 @@ pub fn valid_user_id(id: &str) -> bool {
 }
 
 #[cfg(test)]
+mod compat_tests;
+#[cfg(test)]
 mod tests;

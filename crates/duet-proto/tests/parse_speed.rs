@@ -172,6 +172,36 @@ fn parse_speed() {
         black_box(black_box(&entry_value).clone());
     });
 
+    // The floor: the same send read by a plain derived struct (no tag logic;
+    // `type` is an ignored field), and a pass that only skips over the frame.
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct PlainSend {
+        req_id: u64,
+        #[serde(rename = "To_Account")]
+        to: String,
+        #[serde(rename = "MsgBody")]
+        body: Vec<MsgElem>,
+        #[serde(rename = "MsgRandom", default)]
+        msg_random: Option<u32>,
+        #[serde(rename = "MsgSeq", default)]
+        msg_seq: Option<u32>,
+        #[serde(rename = "CloudCustomData", default)]
+        cloud_custom_data: String,
+        #[serde(default)]
+        online_only: bool,
+        #[serde(default)]
+        no_unread: bool,
+        #[serde(default)]
+        no_last_msg: bool,
+    }
+    measure("  floor: plain struct, same send", n, || {
+        black_box(serde_json::from_str::<PlainSend>(black_box(&text)).ok());
+    });
+    measure("  floor: skip the send (IgnoredAny)", n, || {
+        black_box(serde_json::from_str::<serde::de::IgnoredAny>(black_box(&text)).ok());
+    });
+
     // How much of a send is the MsgBody (MsgContent is a serde_json::Value)?
     let body = serde_json::to_string(&[MsgElem::text(
         "hello there, this is a typical short chat message",
