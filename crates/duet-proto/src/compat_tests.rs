@@ -561,3 +561,36 @@ fn server_frames_and_entries_parse_as_before() {
 fn v_is_object(pairs: &[(String, Value)], key: &str) -> bool {
     pairs.iter().any(|(k, v)| k == key && v.is_object())
 }
+
+/// The one intended difference: values of ignored fields are skipped as serde
+/// skips them for any plain struct, checked for syntax only. serde's derive
+/// for internally tagged enums parsed them fully into its buffer first.
+#[test]
+fn ignored_values_are_only_syntax_checked() {
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    for text in [
+        r#"{"type":"ping","req_id":1,"x":1e999}"#.to_string(),
+        format!(r#"{{"type":"ping","req_id":1,"x":{deep}}}"#),
+    ] {
+        assert!(
+            serde_json::from_str::<old::ClientFrame>(&text).is_err(),
+            "{text}"
+        );
+        assert_eq!(
+            parse_client_frame(&text).unwrap(),
+            ClientFrame::Ping { req_id: 1 },
+            "{text}"
+        );
+    }
+    // Broken syntax in an ignored value is still refused.
+    for text in [
+        r#"{"type":"ping","req_id":1,"x":[1,}"#,
+        r#"{"type":"ping","req_id":1,"x":01}"#,
+        r#"{"type":"ping","req_id":1,"x":"a\qb"}"#,
+    ] {
+        assert!(
+            matches!(parse_client_frame(text), Err(FrameError::Malformed(_))),
+            "{text}"
+        );
+    }
+}

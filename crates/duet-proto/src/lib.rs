@@ -11,6 +11,7 @@ pub mod elem;
 pub mod frame;
 pub mod limits;
 pub mod model;
+mod tagged;
 
 pub use elem::{BodyError, MsgElem, validate_body};
 pub use frame::{ClientFrame, FrameError, ServerFrame, parse_client_frame};
