@@ -1,89 +1,94 @@
 //! Client protocol frames: JSON text frames over WebSocket, tagged by `type`.
-
-use serde::{Deserialize, Serialize};
+//!
+//! The frame enums are defined through `internally_tagged!`: `Serialize` is
+//! serde's derive with `#[serde(tag = "type", rename_all = "snake_case")]`, and
+//! `Deserialize` reads a frame in one pass instead of buffering it (see `tagged`).
 
 use crate::codes;
 use crate::elem::MsgElem;
 use crate::model::{Conversation, Entry, HistoryItem, Message};
+use crate::tagged::internally_tagged;
 
-/// A frame from a client to the server. Every request carries a `req_id`
-/// chosen by the client; the answer (or an `error` frame) carries it back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ClientFrame {
-    /// First frame of a connection.
-    Login {
-        req_id: u64,
-        user_id: String,
-        user_sig: String,
-        device_id: String,
-        #[serde(default)]
-        platform: String,
-        #[serde(default)]
-        protocol_version: u32,
-    },
-    /// Heartbeat.
-    Ping { req_id: u64 },
-    /// Send a C2C message.
-    Send {
-        req_id: u64,
-        #[serde(rename = "To_Account")]
-        to: String,
-        #[serde(rename = "MsgBody")]
-        body: Vec<MsgElem>,
-        #[serde(rename = "MsgRandom", default)]
-        msg_random: Option<u32>,
-        #[serde(rename = "MsgSeq", default)]
-        msg_seq: Option<u32>,
-        #[serde(rename = "CloudCustomData", default)]
-        cloud_custom_data: String,
-        /// Deliver to online devices only: never stored, never pushed.
-        #[serde(default)]
-        online_only: bool,
-        /// Do not count as unread for the recipient.
-        #[serde(default)]
-        no_unread: bool,
-        /// Do not update the conversation list.
-        #[serde(default)]
-        no_last_msg: bool,
-    },
-    /// Ask for timeline entries after `after`.
-    Sync { req_id: u64, after: u64 },
-    /// A page of history with `peer`, newest first, entries before `before`.
-    History {
-        req_id: u64,
-        peer: String,
-        #[serde(default)]
-        before: Option<u64>,
-        #[serde(default = "default_count")]
-        count: u32,
-    },
-    /// A page of the conversation list, most recent first.
-    Conversations {
-        req_id: u64,
-        #[serde(default)]
-        cursor: u32,
-        #[serde(default = "default_conv_count")]
-        count: u32,
-    },
-    /// Mark everything from `peer` read.
-    MarkRead { req_id: u64, peer: String },
-    /// Recall one's own message.
-    Recall {
-        req_id: u64,
-        #[serde(rename = "MsgKey")]
-        msg_key: String,
-    },
-    /// Set one's nickname and face URL (carried in later messages).
-    SetProfile {
-        req_id: u64,
-        #[serde(default)]
-        nick: Option<String>,
-        #[serde(default)]
-        face_url: Option<String>,
-    },
-    /// Close the session; no more pushes to this device.
-    Logout { req_id: u64 },
+internally_tagged! {
+    tag = "type", tags = ClientFrameType;
+    /// A frame from a client to the server. Every request carries a `req_id`
+    /// chosen by the client; the answer (or an `error` frame) carries it back.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum ClientFrame {
+        /// First frame of a connection.
+        Login {
+            req_id: u64,
+            user_id: String,
+            user_sig: String,
+            device_id: String,
+            #[serde(default)]
+            platform: String,
+            #[serde(default)]
+            protocol_version: u32,
+        },
+        /// Heartbeat.
+        Ping { req_id: u64 },
+        /// Send a C2C message.
+        Send {
+            req_id: u64,
+            #[serde(rename = "To_Account")]
+            to: String,
+            #[serde(rename = "MsgBody")]
+            body: Vec<MsgElem>,
+            #[serde(rename = "MsgRandom", default)]
+            msg_random: Option<u32>,
+            #[serde(rename = "MsgSeq", default)]
+            msg_seq: Option<u32>,
+            #[serde(rename = "CloudCustomData", default)]
+            cloud_custom_data: String,
+            /// Deliver to online devices only: never stored, never pushed.
+            #[serde(default)]
+            online_only: bool,
+            /// Do not count as unread for the recipient.
+            #[serde(default)]
+            no_unread: bool,
+            /// Do not update the conversation list.
+            #[serde(default)]
+            no_last_msg: bool,
+        },
+        /// Ask for timeline entries after `after`.
+        Sync { req_id: u64, after: u64 },
+        /// A page of history with `peer`, newest first, entries before `before`.
+        History {
+            req_id: u64,
+            peer: String,
+            #[serde(default)]
+            before: Option<u64>,
+            #[serde(default = "default_count")]
+            count: u32,
+        },
+        /// A page of the conversation list, most recent first.
+        Conversations {
+            req_id: u64,
+            #[serde(default)]
+            cursor: u32,
+            #[serde(default = "default_conv_count")]
+            count: u32,
+        },
+        /// Mark everything from `peer` read.
+        MarkRead { req_id: u64, peer: String },
+        /// Recall one's own message.
+        Recall {
+            req_id: u64,
+            #[serde(rename = "MsgKey")]
+            msg_key: String,
+        },
+        /// Set one's nickname and face URL (carried in later messages).
+        SetProfile {
+            req_id: u64,
+            #[serde(default)]
+            nick: Option<String>,
+            #[serde(default)]
+            face_url: Option<String>,
+        },
+        /// Close the session; no more pushes to this device.
+        Logout { req_id: u64 },
+    }
 }
 
 fn default_count() -> u32 {
@@ -111,88 +116,90 @@ impl ClientFrame {
     }
 }
 
-/// A frame from the server to a client.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerFrame {
-    /// Login accepted.
-    LoginOk {
-        req_id: u64,
-        user_id: String,
-        /// The store epoch; a client holding a cursor from another epoch resyncs from 0.
-        epoch: String,
-        /// The user's newest timeline entry number.
-        head: u64,
-        /// Server time, Unix milliseconds.
-        server_time: u64,
-        protocol_version: u32,
-        /// Idle timeout in seconds: send something (e.g. `ping`) more often.
-        heartbeat_timeout: u64,
-    },
-    /// Heartbeat answer, with the user's newest timeline entry number: a
-    /// device whose cursor is behind it syncs (this heals lost live hints).
-    Pong {
-        req_id: u64,
-        server_time: u64,
-        #[serde(default)]
-        head: u64,
-    },
-    /// A send was committed (or was a retry of one already committed).
-    SendAck {
-        req_id: u64,
-        #[serde(rename = "MsgKey")]
-        msg_key: String,
-        #[serde(rename = "MsgTime")]
-        msg_time: u64,
-        #[serde(rename = "MsgSeq")]
-        msg_seq: u32,
-        #[serde(rename = "MsgRandom")]
-        msg_random: u32,
-        /// The sender's timeline entry for this message (absent when online-only).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        entry: Option<u64>,
-        /// This was a retry; the original result is returned.
-        #[serde(default)]
-        duplicate: bool,
-    },
-    /// Part of a sync answer, entries in increasing order.
-    SyncBatch { req_id: u64, entries: Vec<Entry> },
-    /// The sync answer is complete; the device's cursor is now `cursor`.
-    SyncFinished {
-        req_id: u64,
-        cursor: u64,
-        epoch: String,
-    },
-    /// A history page, newest first.
-    HistoryPage {
-        req_id: u64,
-        peer: String,
-        messages: Vec<HistoryItem>,
-        /// No older messages remain.
-        complete: bool,
-    },
-    /// A page of conversations.
-    ConversationPage {
-        req_id: u64,
-        conversations: Vec<Conversation>,
-        next_cursor: u32,
-        complete: bool,
-    },
-    /// A request without other data succeeded.
-    Ok { req_id: u64 },
-    /// A new timeline entry (live delivery hint carrying the entry).
-    Entry { entry: Entry },
-    /// An online-only message (not in the timeline).
-    OnlineMessage { message: Message },
-    /// This device was logged out by a newer login; the connection closes.
-    KickedOffline { code: u32, reason: String },
-    /// A request failed, or the frame could not be understood.
-    Error {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        req_id: Option<u64>,
-        code: u32,
-        info: String,
-    },
+internally_tagged! {
+    tag = "type", tags = ServerFrameType;
+    /// A frame from the server to a client.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum ServerFrame {
+        /// Login accepted.
+        LoginOk {
+            req_id: u64,
+            user_id: String,
+            /// The store epoch; a client holding a cursor from another epoch resyncs from 0.
+            epoch: String,
+            /// The user's newest timeline entry number.
+            head: u64,
+            /// Server time, Unix milliseconds.
+            server_time: u64,
+            protocol_version: u32,
+            /// Idle timeout in seconds: send something (e.g. `ping`) more often.
+            heartbeat_timeout: u64,
+        },
+        /// Heartbeat answer, with the user's newest timeline entry number: a
+        /// device whose cursor is behind it syncs (this heals lost live hints).
+        Pong {
+            req_id: u64,
+            server_time: u64,
+            #[serde(default)]
+            head: u64,
+        },
+        /// A send was committed (or was a retry of one already committed).
+        SendAck {
+            req_id: u64,
+            #[serde(rename = "MsgKey")]
+            msg_key: String,
+            #[serde(rename = "MsgTime")]
+            msg_time: u64,
+            #[serde(rename = "MsgSeq")]
+            msg_seq: u32,
+            #[serde(rename = "MsgRandom")]
+            msg_random: u32,
+            /// The sender's timeline entry for this message (absent when online-only).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            entry: Option<u64>,
+            /// This was a retry; the original result is returned.
+            #[serde(default)]
+            duplicate: bool,
+        },
+        /// Part of a sync answer, entries in increasing order.
+        SyncBatch { req_id: u64, entries: Vec<Entry> },
+        /// The sync answer is complete; the device's cursor is now `cursor`.
+        SyncFinished {
+            req_id: u64,
+            cursor: u64,
+            epoch: String,
+        },
+        /// A history page, newest first.
+        HistoryPage {
+            req_id: u64,
+            peer: String,
+            messages: Vec<HistoryItem>,
+            /// No older messages remain.
+            complete: bool,
+        },
+        /// A page of conversations.
+        ConversationPage {
+            req_id: u64,
+            conversations: Vec<Conversation>,
+            next_cursor: u32,
+            complete: bool,
+        },
+        /// A request without other data succeeded.
+        Ok { req_id: u64 },
+        /// A new timeline entry (live delivery hint carrying the entry).
+        Entry { entry: Entry },
+        /// An online-only message (not in the timeline).
+        OnlineMessage { message: Message },
+        /// This device was logged out by a newer login; the connection closes.
+        KickedOffline { code: u32, reason: String },
+        /// A request failed, or the frame could not be understood.
+        Error {
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            req_id: Option<u64>,
+            code: u32,
+            info: String,
+        },
+    }
 }
 
 impl ServerFrame {

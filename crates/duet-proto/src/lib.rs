@@ -11,6 +11,7 @@ pub mod elem;
 pub mod frame;
 pub mod limits;
 pub mod model;
+mod tagged;
 
 pub use elem::{BodyError, MsgElem, validate_body};
 pub use frame::{ClientFrame, FrameError, ServerFrame, parse_client_frame};
@@ -26,5 +27,7 @@ pub fn valid_user_id(id: &str) -> bool {
         && id.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
+#[cfg(test)]
+mod compat_tests;
 #[cfg(test)]
 mod tests;

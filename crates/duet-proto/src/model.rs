@@ -3,9 +3,11 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::elem::MsgElem;
+use crate::tagged::{self, Buf, BufSeed, Rest, Tagged};
 
 /// `MsgFlagBits` value of a normal message.
 pub const FLAG_NORMAL: u32 = 0;
@@ -137,7 +139,10 @@ pub struct ReadReport {
 }
 
 /// What a timeline entry says.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Deserialize` is written out (see `tagged`): serde's derive for internally
+/// tagged enums buffers the whole object first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EntryKind {
     /// A message this user received or sent.
@@ -152,8 +157,47 @@ pub enum EntryKind {
     Read(ReadReport),
 }
 
+/// The `kind` values of [`EntryKind`].
+#[derive(Deserialize)]
+#[serde(variant_identifier, rename_all = "snake_case")]
+pub(crate) enum EntryKindTag {
+    Message,
+    Recall,
+    Read,
+}
+
+impl Tagged for EntryKind {
+    const TAG: &'static str = "kind";
+    const EXPECTING: &'static str = "internally tagged enum EntryKind";
+    const CHECKS_SECOND_TAG: bool = false;
+    type Tag = EntryKindTag;
+
+    fn from_rest<'de, D: Deserializer<'de>>(tag: EntryKindTag, rest: D) -> Result<Self, D::Error> {
+        match tag {
+            EntryKindTag::Message => {
+                #[derive(Deserialize)]
+                struct Fields {
+                    message: Message,
+                }
+                Fields::deserialize(rest).map(|f| EntryKind::Message { message: f.message })
+            }
+            EntryKindTag::Recall => Recall::deserialize(rest).map(EntryKind::Recall),
+            EntryKindTag::Read => ReadReport::deserialize(rest).map(EntryKind::Read),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EntryKind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        tagged::deserialize_tagged(deserializer)
+    }
+}
+
 /// One entry of a user's timeline. Numbers run 1, 2, 3 ... with no gaps.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// On the wire `kind` and its fields sit beside `seq` and `ts`
+/// (`#[serde(flatten)]`); `Deserialize` is written out to read that in one pass.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entry {
     /// Entry number in the user's timeline.
     pub seq: u64,
@@ -162,6 +206,63 @@ pub struct Entry {
     /// The content.
     #[serde(flatten)]
     pub kind: EntryKind,
+}
+
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // As serde's derive with a flattened field: a map (not a sequence).
+        deserializer.deserialize_map(EntryVisitor)
+    }
+}
+
+struct EntryVisitor;
+
+impl<'de> Visitor<'de> for EntryVisitor {
+    type Value = Entry;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("struct Entry")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry, A::Error> {
+        // `seq` and `ts` are read wherever they are; keys of the kind that
+        // come before `kind` are buffered, the rest is read by the variant.
+        let mut fields = [("seq", None), ("ts", None)];
+        let mut prefix: Vec<(Buf<'de>, Buf<'de>)> = Vec::new();
+        let kind = loop {
+            let Some(key) = map.next_key_seed(BufSeed)? else {
+                return Err(de::Error::missing_field(EntryKind::TAG));
+            };
+            if key.is_str(EntryKind::TAG) {
+                // serde's `flatten` buffered the tag too, and read it back
+                // from the buffer, which also takes a variant index: `"kind": 0`
+                // is a message. Keep accepting that.
+                let tag: EntryKindTag = tagged::from_buf(map.next_value_seed(BufSeed)?)?;
+                break EntryKind::from_rest(
+                    tag,
+                    Rest::new(prefix, map, Some(EntryKind::TAG), &mut fields),
+                )?;
+            }
+            match fields.iter_mut().find(|(name, _)| key.is_str(name)) {
+                Some((name, slot)) => {
+                    if slot.is_some() {
+                        return Err(de::Error::duplicate_field(name));
+                    }
+                    *slot = Some(map.next_value()?);
+                }
+                None => {
+                    let value = map.next_value_seed(BufSeed)?;
+                    prefix.push((key, value));
+                }
+            }
+        };
+        let [(_, seq), (_, ts)] = fields;
+        Ok(Entry {
+            seq: seq.ok_or_else(|| de::Error::missing_field("seq"))?,
+            ts: ts.ok_or_else(|| de::Error::missing_field("ts"))?,
+            kind,
+        })
+    }
 }
 
 /// A message as it appears in a history page, with its timeline entry number.

@@ -1,5 +1,6 @@
 //! Snapshot tests: the exact JSON of wire types. A change here is a protocol change.
 
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::model::{FLAG_RECALLED, ReadReport, Recall};
@@ -232,4 +233,508 @@ fn user_ids() {
     assert!(!valid_user_id(&"a".repeat(33)));
     assert!(valid_user_id(&"a".repeat(32)));
     assert!(!valid_user_id("tab\there"));
+}
+
+// ---- Deserialization of the tagged types (hand-written `Deserialize`) ----
+
+fn sample_entries() -> Vec<Entry> {
+    vec![
+        Entry {
+            seq: 3,
+            ts: 1_700_000_000_123,
+            kind: EntryKind::Message {
+                message: sample_message(),
+            },
+        },
+        Entry {
+            seq: 4,
+            ts: 5,
+            kind: EntryKind::Recall(Recall {
+                msg_key: "1_2_3".into(),
+                from: "alice".into(),
+                to: "bob".into(),
+            }),
+        },
+        Entry {
+            seq: 5,
+            ts: 6,
+            kind: EntryKind::Read(ReadReport {
+                reader: "bob".into(),
+                peer: "alice".into(),
+                read_time: 9,
+            }),
+        },
+    ]
+}
+
+/// Every `ClientFrame` variant, optional fields both set and unset.
+pub(crate) fn all_client_frames() -> Vec<ClientFrame> {
+    vec![
+        ClientFrame::Login {
+            req_id: 1,
+            user_id: "alice".into(),
+            user_sig: "sig".into(),
+            device_id: "d1".into(),
+            platform: "Linux".into(),
+            protocol_version: 1,
+        },
+        ClientFrame::Ping { req_id: 2 },
+        ClientFrame::Send {
+            req_id: 3,
+            to: "bob".into(),
+            body: vec![
+                MsgElem::text("hi \"there\" \u{e9}"),
+                MsgElem::custom("d", "e", "x"),
+            ],
+            msg_random: Some(5),
+            msg_seq: Some(6),
+            cloud_custom_data: "ccd".into(),
+            online_only: true,
+            no_unread: true,
+            no_last_msg: true,
+        },
+        ClientFrame::Send {
+            req_id: 4,
+            to: "bob".into(),
+            body: vec![MsgElem::text("x")],
+            msg_random: None,
+            msg_seq: None,
+            cloud_custom_data: String::new(),
+            online_only: false,
+            no_unread: false,
+            no_last_msg: false,
+        },
+        ClientFrame::Sync {
+            req_id: 5,
+            after: 10,
+        },
+        ClientFrame::History {
+            req_id: 6,
+            peer: "bob".into(),
+            before: Some(7),
+            count: 3,
+        },
+        ClientFrame::History {
+            req_id: 7,
+            peer: "bob".into(),
+            before: None,
+            count: 20,
+        },
+        ClientFrame::Conversations {
+            req_id: 8,
+            cursor: 2,
+            count: 5,
+        },
+        ClientFrame::MarkRead {
+            req_id: 9,
+            peer: "bob".into(),
+        },
+        ClientFrame::Recall {
+            req_id: 10,
+            msg_key: "1_2_3".into(),
+        },
+        ClientFrame::SetProfile {
+            req_id: 11,
+            nick: Some("Al".into()),
+            face_url: None,
+        },
+        ClientFrame::Logout { req_id: 12 },
+    ]
+}
+
+/// Every `ServerFrame` variant (and every `EntryKind` inside `entry` frames).
+pub(crate) fn all_server_frames() -> Vec<ServerFrame> {
+    let mut frames = vec![
+        ServerFrame::LoginOk {
+            req_id: 1,
+            user_id: "alice".into(),
+            epoch: "e1".into(),
+            head: 4,
+            server_time: 1_700_000_000_000,
+            protocol_version: 1,
+            heartbeat_timeout: 60,
+        },
+        ServerFrame::Pong {
+            req_id: 2,
+            server_time: 3,
+            head: 4,
+        },
+        ServerFrame::SendAck {
+            req_id: 3,
+            msg_key: "1_2_3".into(),
+            msg_time: 3,
+            msg_seq: 1,
+            msg_random: 2,
+            entry: Some(12),
+            duplicate: true,
+        },
+        ServerFrame::SendAck {
+            req_id: 4,
+            msg_key: "1_2_3".into(),
+            msg_time: 3,
+            msg_seq: 1,
+            msg_random: 2,
+            entry: None,
+            duplicate: false,
+        },
+        ServerFrame::SyncBatch {
+            req_id: 5,
+            entries: sample_entries(),
+        },
+        ServerFrame::SyncFinished {
+            req_id: 6,
+            cursor: 5,
+            epoch: "e1".into(),
+        },
+        ServerFrame::HistoryPage {
+            req_id: 7,
+            peer: "bob".into(),
+            messages: vec![HistoryItem {
+                seq: 3,
+                message: sample_message(),
+            }],
+            complete: true,
+        },
+        ServerFrame::ConversationPage {
+            req_id: 8,
+            conversations: vec![
+                Conversation {
+                    peer: "bob".into(),
+                    last_message: Some(sample_message()),
+                    last_time: 1,
+                    unread: 2,
+                    read_time: 3,
+                    peer_read_time: 4,
+                },
+                Conversation {
+                    peer: "carol".into(),
+                    last_message: None,
+                    last_time: 1,
+                    unread: 0,
+                    read_time: 0,
+                    peer_read_time: 0,
+                },
+            ],
+            next_cursor: 2,
+            complete: false,
+        },
+        ServerFrame::Ok { req_id: 9 },
+        ServerFrame::OnlineMessage {
+            message: Message {
+                online_only: true,
+                ..sample_message()
+            },
+        },
+        ServerFrame::KickedOffline {
+            code: 6208,
+            reason: "r".into(),
+        },
+        ServerFrame::Error {
+            req_id: Some(10),
+            code: 90001,
+            info: "x".into(),
+        },
+        ServerFrame::Error {
+            req_id: None,
+            code: 90001,
+            info: "x".into(),
+        },
+    ];
+    frames.extend(
+        sample_entries()
+            .into_iter()
+            .map(|entry| ServerFrame::Entry { entry }),
+    );
+    frames
+}
+
+#[test]
+fn every_variant_round_trips_through_str_and_value() {
+    for f in all_client_frames() {
+        let text = serde_json::to_string(&f).unwrap();
+        assert_eq!(parse_client_frame(&text).unwrap(), f, "{text}");
+        assert_eq!(serde_json::from_str::<ClientFrame>(&text).unwrap(), f);
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(ClientFrame::deserialize(&v).unwrap(), f, "{v}");
+        assert_eq!(serde_json::from_value::<ClientFrame>(v).unwrap(), f);
+    }
+    for f in all_server_frames() {
+        let text = serde_json::to_string(&f).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ServerFrame>(&text).unwrap(),
+            f,
+            "{text}"
+        );
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(ServerFrame::deserialize(&v).unwrap(), f, "{v}");
+        assert_eq!(serde_json::from_value::<ServerFrame>(v).unwrap(), f);
+    }
+    for e in sample_entries() {
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Entry>(&text).unwrap(), e, "{text}");
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(serde_json::from_value::<Entry>(v.clone()).unwrap(), e);
+        // `EntryKind` on its own: the object without seq/ts (and with them, ignored).
+        let kind_text = serde_json::to_string(&e.kind).unwrap();
+        assert_eq!(
+            serde_json::from_str::<EntryKind>(&kind_text).unwrap(),
+            e.kind
+        );
+        assert_eq!(serde_json::from_value::<EntryKind>(v).unwrap(), e.kind);
+        let kv = serde_json::to_value(&e.kind).unwrap();
+        assert_eq!(serde_json::from_value::<EntryKind>(kv).unwrap(), e.kind);
+    }
+}
+
+/// `text` as an object with its key `key` moved to the end.
+fn key_last(text: &str, key: &str) -> String {
+    let mut pairs: Vec<(String, serde_json::Value)> = text_pairs(text);
+    let i = pairs.iter().position(|(k, _)| k == key).unwrap();
+    let p = pairs.remove(i);
+    pairs.push(p);
+    pairs_text(&pairs)
+}
+
+/// The members of a JSON object in their order.
+pub(crate) fn text_pairs(text: &str) -> Vec<(String, serde_json::Value)> {
+    struct Pairs(Vec<(String, serde_json::Value)>);
+    impl<'de> serde::Deserialize<'de> for Pairs {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Pairs;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Pairs, A::Error> {
+                    let mut v = Vec::new();
+                    while let Some(e) = map.next_entry()? {
+                        v.push(e);
+                    }
+                    Ok(Pairs(v))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Pairs>(text).unwrap().0
+}
+
+/// An object from members (kept in order, duplicates kept).
+pub(crate) fn pairs_text(pairs: &[(String, serde_json::Value)]) -> String {
+    let members: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}:{}", serde_json::to_string(k).unwrap(), v))
+        .collect();
+    format!("{{{}}}", members.join(","))
+}
+
+#[test]
+fn tag_anywhere_in_the_object() {
+    for f in all_client_frames() {
+        let text = key_last(&serde_json::to_string(&f).unwrap(), "type");
+        assert!(!text.starts_with("{\"type\""), "{text}");
+        assert_eq!(parse_client_frame(&text).unwrap(), f, "{text}");
+    }
+    let browser = r#"{"req_id":7,"To_Account":"bob","MsgBody":[{"MsgContent":{"Text":"hi"},"MsgType":"TIMTextElem"}],"type":"send","no_unread":true}"#;
+    match parse_client_frame(browser).unwrap() {
+        ClientFrame::Send {
+            req_id: 7,
+            to,
+            body,
+            no_unread: true,
+            msg_random: None,
+            ..
+        } => {
+            assert_eq!(to, "bob");
+            assert_eq!(body, vec![MsgElem::text("hi")]);
+        }
+        other => panic!("{other:?}"),
+    }
+    for f in all_server_frames() {
+        let text = key_last(&serde_json::to_string(&f).unwrap(), "type");
+        assert_eq!(
+            serde_json::from_str::<ServerFrame>(&text).unwrap(),
+            f,
+            "{text}"
+        );
+    }
+    for e in sample_entries() {
+        let text = serde_json::to_string(&e).unwrap();
+        // Serialized, `kind` comes third (after seq, ts); try it first and last.
+        let first = {
+            let mut p = text_pairs(&text);
+            let i = p.iter().position(|(k, _)| k == "kind").unwrap();
+            let kind = p.remove(i);
+            p.insert(0, kind);
+            pairs_text(&p)
+        };
+        let last = key_last(&text, "kind");
+        let seq_last = key_last(&last, "seq");
+        for t in [first, last, seq_last] {
+            assert_eq!(serde_json::from_str::<Entry>(&t).unwrap(), e, "{t}");
+            assert_eq!(
+                serde_json::from_str::<EntryKind>(&t).unwrap(),
+                e.kind,
+                "{t}"
+            );
+            let frame = format!(r#"{{"entry":{t},"type":"entry"}}"#);
+            assert_eq!(
+                serde_json::from_str::<ServerFrame>(&frame).unwrap(),
+                ServerFrame::Entry { entry: e.clone() },
+                "{frame}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_fields_are_ignored() {
+    let f = parse_client_frame(
+        r#"{"x":{"deep":[1,{"type":"login"}]},"type":"ping","y":null,"req_id":3,"z":"type"}"#,
+    )
+    .unwrap();
+    assert_eq!(f, ClientFrame::Ping { req_id: 3 });
+    let f = parse_client_frame(r#"{"type":"ping","req_id":3,"kind":"x","MsgBody":5}"#).unwrap();
+    assert_eq!(f, ClientFrame::Ping { req_id: 3 });
+    let ack: ServerFrame = serde_json::from_str(
+        r#"{"type":"ok","req_id":1,"new_field":[1,2,3],"entry":{"bogus":true}}"#,
+    )
+    .unwrap();
+    assert_eq!(ack, ServerFrame::Ok { req_id: 1 });
+    let e: Entry = serde_json::from_str(
+        r#"{"extra":1,"seq":1,"ts":2,"kind":"read","reader":"a","peer":"b","read_time":3,"more":{}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        e.kind,
+        EntryKind::Read(ReadReport {
+            reader: "a".into(),
+            peer: "b".into(),
+            read_time: 3
+        })
+    );
+}
+
+#[test]
+fn bad_fields_are_told_apart() {
+    let bad = |text: &str| match parse_client_frame(text) {
+        Err(FrameError::BadField { kind, req_id, .. }) => (kind, req_id),
+        other => panic!("{text}: {other:?}"),
+    };
+    // Missing required fields, tag first and not first.
+    assert_eq!(
+        bad(r#"{"type":"send","req_id":4,"To_Account":"bob"}"#),
+        ("send".into(), Some(4))
+    );
+    assert_eq!(
+        bad(r#"{"req_id":5,"To_Account":"bob","type":"send"}"#),
+        ("send".into(), Some(5))
+    );
+    assert_eq!(
+        bad(r#"{"type":"login","req_id":6,"user_id":"a","device_id":"d"}"#),
+        ("login".into(), Some(6))
+    );
+    // Missing req_id: no req_id to answer with.
+    assert_eq!(bad(r#"{"type":"ping"}"#), ("ping".into(), None));
+    // Wrong types.
+    assert_eq!(
+        bad(r#"{"type":"sync","req_id":7,"after":"1"}"#),
+        ("sync".into(), Some(7))
+    );
+    assert_eq!(
+        bad(r#"{"type":"sync","req_id":"8","after":1}"#),
+        ("sync".into(), None)
+    );
+    assert_eq!(
+        bad(r#"{"type":"send","req_id":9,"To_Account":"b","MsgBody":[{"MsgType":"TIMTextElem"}]}"#),
+        ("send".into(), Some(9))
+    );
+    assert_eq!(
+        bad(r#"{"type":"history","req_id":10,"peer":"b","count":-1}"#),
+        ("history".into(), Some(10))
+    );
+    // Duplicate fields and a second tag are refused as before.
+    assert_eq!(
+        bad(r#"{"type":"ping","req_id":1,"req_id":2}"#),
+        ("ping".into(), Some(2))
+    );
+    assert_eq!(
+        bad(r#"{"type":"ping","req_id":1,"type":"ping"}"#),
+        ("ping".into(), Some(1))
+    );
+    // Defaults stay optional.
+    assert_eq!(
+        parse_client_frame(r#"{"type":"history","req_id":1,"peer":"b"}"#).unwrap(),
+        ClientFrame::History {
+            req_id: 1,
+            peer: "b".into(),
+            before: None,
+            count: 20
+        }
+    );
+    assert_eq!(
+        parse_client_frame(r#"{"type":"conversations","req_id":1}"#).unwrap(),
+        ClientFrame::Conversations {
+            req_id: 1,
+            cursor: 0,
+            count: 100
+        }
+    );
+}
+
+#[test]
+fn unknown_types_and_non_objects() {
+    for (text, kind) in [
+        (r#"{"type":"dance","req_id":1}"#, "dance"),
+        (r#"{"req_id":1,"type":"dance"}"#, "dance"),
+        (r#"{"type":"Ping","req_id":1}"#, "Ping"),
+        (r#"{"type":"","req_id":1}"#, ""),
+        // A server frame type is not a client frame type.
+        (r#"{"type":"pong","req_id":1,"server_time":1}"#, "pong"),
+    ] {
+        assert_eq!(
+            parse_client_frame(text),
+            Err(FrameError::UnknownType(kind.into())),
+            "{text}"
+        );
+    }
+    for text in [
+        "",
+        "{nope",
+        "null",
+        "1",
+        "\"ping\"",
+        "[]",
+        "[1]",
+        "{}",
+        r#"{"req_id":1}"#,
+        r#"{"type":5,"req_id":1}"#,
+        r#"{"type":null,"req_id":1}"#,
+        r#"{"type":"ping","req_id":1"#,
+        r#"{"type":"ping","req_id":1} x"#,
+    ] {
+        assert!(
+            matches!(parse_client_frame(text), Err(FrameError::Malformed(_))),
+            "{text}: {:?}",
+            parse_client_frame(text)
+        );
+    }
+    assert!(serde_json::from_str::<ServerFrame>(r#"{"type":"dance"}"#).is_err());
+    assert!(serde_json::from_str::<ServerFrame>("[]").is_err());
+    assert!(serde_json::from_str::<ServerFrame>("\"ok\"").is_err());
+    assert!(serde_json::from_str::<Entry>(r#"{"seq":1,"ts":2}"#).is_err());
+    assert!(serde_json::from_str::<Entry>(r#"{"seq":1,"ts":2,"kind":"nope"}"#).is_err());
+    assert!(
+        serde_json::from_str::<Entry>(
+            r#"{"seq":1,"kind":"read","reader":"a","peer":"b","read_time":3}"#
+        )
+        .is_err()
+    );
+    assert!(serde_json::from_str::<Entry>("[1,2,\"read\"]").is_err());
+    assert!(serde_json::from_value::<ClientFrame>(json!(["x"])).is_err());
+    assert!(serde_json::from_value::<ClientFrame>(json!({"type": "nope"})).is_err());
 }
