@@ -114,6 +114,11 @@ pub enum Scenario {
         /// Extra text bytes per message (a TIMTextElem).
         #[arg(long, default_value_t = 0)]
         payload: usize,
+        /// Send this many messages in all, then stop (a fixed amount of work,
+        /// e.g. to count the server's instructions per message); `--duration`
+        /// still caps the run.
+        #[arg(long)]
+        messages: Option<u64>,
     },
     /// A user comes back to M messages over C conversations: login → sync finished.
     Offline {
@@ -181,6 +186,7 @@ fn load_spec(
         payload,
         max_inflight: 200_000,
         server_pid,
+        max_messages: None,
     }
 }
 
@@ -313,6 +319,7 @@ async fn run_scenario(
             window,
             grace,
             payload,
+            messages,
         } => {
             s.scenario = "online".into();
             s.params = BTreeMap::from([
@@ -325,7 +332,10 @@ async fn run_scenario(
             if rate == Rate::Max {
                 s.params.insert("window".into(), json!(window));
             }
-            let spec = load_spec(
+            if let Some(m) = messages {
+                s.params.insert("messages".into(), json!(m));
+            }
+            let mut spec = load_spec(
                 rate,
                 window,
                 secs(warmup, "warmup")?,
@@ -334,6 +344,7 @@ async fn run_scenario(
                 payload.min(7_000),
                 pid,
             );
+            spec.max_messages = messages;
             online::run(target, users, &spec, s).await
         }
         Scenario::Offline {

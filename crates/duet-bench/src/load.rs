@@ -86,6 +86,9 @@ pub struct LoadSpec {
     pub max_inflight: usize,
     /// Server process, for its CPU.
     pub server_pid: Option<u32>,
+    /// Most sends in all; then the run stops sending (and ends once they
+    /// are answered and delivered).
+    pub max_messages: Option<u64>,
 }
 
 /// What a load run measured.
@@ -282,7 +285,13 @@ pub async fn run(users: Vec<LoadUser>, spec: &LoadSpec, stop: Rc<Cell<bool>>) ->
     let mut acked: Vec<SeqSet> = (0..n).map(|_| SeqSet::default()).collect();
     let mut acked_total = 0u64;
     let mut inflight = FuturesUnordered::new();
+    let limit = spec.max_messages.unwrap_or(u64::MAX);
+    let mut issued_total = 0u64;
     let mut issue = |s: usize, inflight: &mut FuturesUnordered<_>| {
+        if issued_total >= limit {
+            return false;
+        }
+        issued_total += 1;
         let seq = seqs[s];
         seqs[s] += 1;
         inflight.push(send_one(
@@ -292,6 +301,7 @@ pub async fn run(users: Vec<LoadUser>, spec: &LoadSpec, stop: Rc<Cell<bool>>) ->
             seq,
             payload.clone(),
         ));
+        true
     };
 
     if spec.rate == Rate::Max {
@@ -325,11 +335,8 @@ pub async fn run(users: Vec<LoadUser>, spec: &LoadSpec, stop: Rc<Cell<bool>>) ->
                         if (from_ns..shared.borrow().to_ns).contains(&d.sent_ns) {
                             res.ack.record(d.took);
                         }
-                        if sending && spec.rate == Rate::Max {
-                            issue(d.sender, &mut inflight);
-                            if in_window {
-                                res.sent += 1;
-                            }
+                        if sending && spec.rate == Rate::Max && issue(d.sender, &mut inflight) && in_window {
+                            res.sent += 1;
                         }
                     }
                     Err(e) => {
@@ -344,7 +351,8 @@ pub async fn run(users: Vec<LoadUser>, spec: &LoadSpec, stop: Rc<Cell<bool>>) ->
                     measuring = true;
                     cpu0 = (CpuSample::take(spec.server_pid), CpuSample::take(None));
                 }
-                if sending && (now >= end || stop.get()) {
+                let all_issued = spec.max_messages.is_some_and(|m| issued >= m || inflight.is_empty());
+                if sending && (now >= end || stop.get() || all_issued) {
                     sending = false;
                     stop_at = now;
                     grace_end = now + spec.grace;
@@ -371,8 +379,10 @@ pub async fn run(users: Vec<LoadUser>, spec: &LoadSpec, stop: Rc<Cell<bool>>) ->
                     }
                     while issued < due && inflight.len() < spec.max_inflight {
                         let s = (issued % n as u64) as usize;
+                        if !issue(s, &mut inflight) {
+                            break;
+                        }
                         issued += 1;
-                        issue(s, &mut inflight);
                         if measuring {
                             res.sent += 1;
                         }
