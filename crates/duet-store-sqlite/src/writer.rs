@@ -34,23 +34,31 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use duet_store::{StoreError, StoreResult};
-use rusqlite::Connection;
+use rusqlite::{Connection, Statement};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::accounts::{AccountState, Accounts};
 use crate::{CommitObserver, db, schema};
 
-/// A write job's view of the transaction: the connection and the accounts
-/// as the transaction sees them.
-pub(crate) struct Tx<'a> {
-    conn: &'a Connection,
+/// A write job's view of the transaction: the connection, its prepared
+/// statements and the accounts as the transaction sees them.
+pub(crate) struct Tx<'a, 'c> {
+    conn: &'c Connection,
+    stmts: &'a mut Statements<'c>,
     accounts: &'a mut Accounts,
 }
 
-impl<'a> Tx<'a> {
+impl<'c> Tx<'_, 'c> {
     /// The writer connection, inside the batch's transaction.
-    pub(crate) fn conn(&self) -> &'a Connection {
+    pub(crate) fn conn(&self) -> &'c Connection {
         self.conn
+    }
+
+    /// The statement for `sql`, prepared on first use and kept for the
+    /// writer's life (the write path's statements, looked up by the address
+    /// of their text: no hashing of the SQL on every use).
+    pub(crate) fn stmt(&mut self, sql: &'static str) -> StoreResult<&mut Statement<'c>> {
+        self.stmts.get(sql)
     }
 
     /// `user`'s account as this transaction sees it (`None`: no such account).
@@ -88,14 +96,43 @@ enum Ran {
 /// One unit of work for the writer.
 trait Job: Send {
     /// Runs the job's statements (again, if the batch was re-run).
-    fn run(&mut self, tx: &mut Tx<'_>) -> Ran;
+    fn run(&mut self, tx: &mut Tx<'_, '_>) -> Ran;
     /// Delivers the job's result, or `failure` if its batch did not commit.
     fn complete(self: Box<Self>, failure: Option<StoreError>);
 }
 
 /// The body of a write: runs on the writer thread inside a transaction; must
 /// not write anything before its last possible refusal (see the module doc).
-pub(crate) type WriteFn<I, W> = fn(&mut Tx<'_>, &I) -> StoreResult<W>;
+pub(crate) type WriteFn<I, W> = fn(&mut Tx<'_, '_>, &I) -> StoreResult<W>;
+
+/// Statements the writer keeps prepared, keyed by the address of their
+/// (static) SQL text. Bounded by the statements the code holds (Law 6).
+pub(crate) struct Statements<'c> {
+    conn: &'c Connection,
+    held: Vec<(usize, Statement<'c>)>,
+}
+
+impl<'c> Statements<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Statements {
+            conn,
+            held: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, sql: &'static str) -> StoreResult<&mut Statement<'c>> {
+        let key = sql.as_ptr() as usize;
+        let i = match self.held.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let stmt = self.conn.prepare(sql).map_err(db)?;
+                self.held.push((key, stmt));
+                self.held.len() - 1
+            }
+        };
+        Ok(&mut self.held[i].1)
+    }
+}
 
 struct Typed<I, W> {
     input: I,
@@ -105,7 +142,7 @@ struct Typed<I, W> {
 }
 
 impl<I: Send, W: Send> Job for Typed<I, W> {
-    fn run(&mut self, tx: &mut Tx<'_>) -> Ran {
+    fn run(&mut self, tx: &mut Tx<'_, '_>) -> Ran {
         let before = tx.conn.total_changes();
         let (run, input) = (self.run, &self.input);
         let out = catch_unwind(AssertUnwindSafe(|| run(tx, input)))
@@ -170,7 +207,6 @@ impl Writer {
         let (tx, rx) = mpsc::channel();
         let permits = Arc::new(Semaphore::new(cfg.queue.max(1)));
         let state = WriterState {
-            conn,
             accounts: Accounts::new(cfg.cached_accounts),
             data_version: None,
             observer: cfg.observer,
@@ -180,7 +216,7 @@ impl Writer {
         let max_batch = cfg.max_batch.max(1);
         let thread = std::thread::Builder::new()
             .name("duet-sqlite-writer".into())
-            .spawn(move || writer_loop(state, rx, max_batch, thread_permits))
+            .spawn(move || writer_loop(conn, state, rx, max_batch, thread_permits))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")));
         let thread = match thread {
             Ok(thread) => thread,
@@ -250,9 +286,8 @@ impl Writer {
     }
 }
 
-/// Everything the writer thread owns.
+/// What the writer thread keeps besides its connection.
 struct WriterState {
-    conn: Connection,
     accounts: Accounts,
     /// `PRAGMA data_version` at the last `BEGIN`; `None` before the first.
     data_version: Option<i64>,
@@ -261,11 +296,14 @@ struct WriterState {
 }
 
 fn writer_loop(
+    conn: Connection,
     mut st: WriterState,
     rx: mpsc::Receiver<Msg>,
     max_batch: usize,
     permits: Arc<Semaphore>,
 ) {
+    let conn = &conn;
+    let mut stmts = Statements::new(conn);
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
     let mut shutting_down = false;
     loop {
@@ -291,9 +329,9 @@ fn writer_loop(
             }
         }
         let jobs = batch.len();
-        commit_batch(&mut st, &mut batch, Instant::now());
+        commit_batch(conn, &mut stmts, &mut st, &mut batch, Instant::now());
         permits.add_permits(jobs);
-        st.checkpoints.after_commit(&st.conn);
+        st.checkpoints.after_commit(conn);
     }
     tracing::debug!("sqlite store: writer stopped");
 }
@@ -324,20 +362,26 @@ enum Failed {
 /// Runs and commits one batch (in parts if a job fails dirty), tells the
 /// observer, then completes every job (emptying `batch`): whoever sees an ack
 /// also sees the commit counted.
-fn commit_batch(st: &mut WriterState, batch: &mut Vec<Box<dyn Job>>, started: Instant) {
+fn commit_batch<'c>(
+    conn: &'c Connection,
+    stmts: &mut Statements<'c>,
+    st: &mut WriterState,
+    batch: &mut Vec<Box<dyn Job>>,
+    started: Instant,
+) {
     let mut failures: Vec<Option<StoreError>> = Vec::new();
     let (mut start, mut end) = (0, batch.len());
     while start < batch.len() {
         let Some(part) = batch.get_mut(start..end) else {
             break;
         };
-        match run_jobs(st, part) {
+        match run_jobs(conn, stmts, st, part) {
             Ok(()) => {
                 st.accounts.batch_committed();
                 (start, end) = (end, batch.len());
             }
             Err(Failed::Dirty(i)) => {
-                rollback(&st.conn);
+                rollback(conn);
                 st.accounts.batch_rolled_back();
                 tracing::warn!(
                     job = start + i,
@@ -352,7 +396,7 @@ fn commit_batch(st: &mut WriterState, batch: &mut Vec<Box<dyn Job>>, started: In
                 }
             }
             Err(Failed::Tx(e)) => {
-                rollback(&st.conn);
+                rollback(conn);
                 st.accounts.batch_rolled_back();
                 tracing::error!(jobs = end - start, error = %e, "sqlite store: batch failed");
                 if failures.is_empty() {
@@ -378,10 +422,9 @@ fn commit_batch(st: &mut WriterState, batch: &mut Vec<Box<dyn Job>>, started: In
 }
 
 /// `BEGIN IMMEDIATE`, dropping the account cache if another connection wrote.
-fn begin(st: &mut WriterState) -> StoreResult<()> {
-    exec(&st.conn, "BEGIN IMMEDIATE")?;
-    let version: i64 = st
-        .conn
+fn begin(conn: &Connection, st: &mut WriterState) -> StoreResult<()> {
+    exec(conn, "BEGIN IMMEDIATE")?;
+    let version: i64 = conn
         .prepare_cached("PRAGMA data_version")
         .and_then(|mut s| s.query_row([], |r| r.get(0)))
         .map_err(db)?;
@@ -396,11 +439,17 @@ fn begin(st: &mut WriterState) -> StoreResult<()> {
 }
 
 /// Runs `jobs` in one transaction and commits it.
-fn run_jobs(st: &mut WriterState, jobs: &mut [Box<dyn Job>]) -> Result<(), Failed> {
-    begin(st).map_err(Failed::Tx)?;
+fn run_jobs<'c>(
+    conn: &'c Connection,
+    stmts: &mut Statements<'c>,
+    st: &mut WriterState,
+    jobs: &mut [Box<dyn Job>],
+) -> Result<(), Failed> {
+    begin(conn, st).map_err(Failed::Tx)?;
     for (i, job) in jobs.iter_mut().enumerate() {
         let mut tx = Tx {
-            conn: &st.conn,
+            conn,
+            stmts,
             accounts: &mut st.accounts,
         };
         match job.run(&mut tx) {
@@ -412,8 +461,8 @@ fn run_jobs(st: &mut WriterState, jobs: &mut [Box<dyn Job>]) -> Result<(), Faile
             }
         }
     }
-    st.accounts.write_heads(&st.conn).map_err(Failed::Tx)?;
-    exec(&st.conn, "COMMIT").map_err(Failed::Tx)
+    st.accounts.write_heads(conn).map_err(Failed::Tx)?;
+    exec(conn, "COMMIT").map_err(Failed::Tx)
 }
 
 // ---------------------------------------------------------------------------
@@ -649,7 +698,7 @@ mod tests {
     type Boxed<T> = Box<dyn FnOnce(Arc<Writer>) -> tokio::task::JoinHandle<T>>;
 
     /// Holds the writer thread until released.
-    fn gate(_tx: &mut Tx<'_>, gate: &Gate) -> StoreResult<()> {
+    fn gate(_tx: &mut Tx<'_, '_>, gate: &Gate) -> StoreResult<()> {
         let _ = gate.0.send(());
         let _ = gate.1.lock().unwrap_or_else(PoisonError::into_inner).recv();
         Ok(())
@@ -702,28 +751,28 @@ mod tests {
         }
     }
 
-    fn insert_ok(tx: &mut Tx<'_>, k: &i64) -> StoreResult<i64> {
+    fn insert_ok(tx: &mut Tx<'_, '_>, k: &i64) -> StoreResult<i64> {
         tx.conn()
             .execute("INSERT INTO t (k) VALUES (?1)", [k])
             .map_err(db)?;
         Ok(*k)
     }
 
-    fn refuse(_tx: &mut Tx<'_>, k: &i64) -> StoreResult<i64> {
+    fn refuse(_tx: &mut Tx<'_, '_>, k: &i64) -> StoreResult<i64> {
         Err(StoreError::UnknownAccount(format!("ghost{k}")))
     }
 
-    fn fail_after_write(tx: &mut Tx<'_>, k: &i64) -> StoreResult<i64> {
+    fn fail_after_write(tx: &mut Tx<'_, '_>, k: &i64) -> StoreResult<i64> {
         insert_ok(tx, k)?;
         Err(StoreError::Backend(format!("boom{k}")))
     }
 
-    fn panic_after_write(tx: &mut Tx<'_>, k: &i64) -> StoreResult<i64> {
+    fn panic_after_write(tx: &mut Tx<'_, '_>, k: &i64) -> StoreResult<i64> {
         insert_ok(tx, k)?;
         panic!("job {k} panics after writing");
     }
 
-    fn panic_before_write(_tx: &mut Tx<'_>, k: &i64) -> StoreResult<i64> {
+    fn panic_before_write(_tx: &mut Tx<'_, '_>, k: &i64) -> StoreResult<i64> {
         panic!("job {k} panics before writing");
     }
 
@@ -949,7 +998,7 @@ mod tests {
         f.writer.close();
     }
 
-    fn blob(tx: &mut Tx<'_>, k: &i64) -> StoreResult<()> {
+    fn blob(tx: &mut Tx<'_, '_>, k: &i64) -> StoreResult<()> {
         tx.conn()
             .execute("INSERT INTO t (k, v) VALUES (?1, zeroblob(16384))", [k])
             .map_err(db)?;

@@ -43,7 +43,7 @@ pub(crate) struct EnsureAccount {
 }
 
 /// Returns the account, creating it (empty profile) if missing.
-pub(crate) fn ensure_account(tx: &mut Tx<'_>, req: &EnsureAccount) -> StoreResult<Account> {
+pub(crate) fn ensure_account(tx: &mut Tx<'_, '_>, req: &EnsureAccount) -> StoreResult<Account> {
     if let Some(state) = tx.account(&req.user)? {
         return Ok(state.to_account(&req.user));
     }
@@ -72,7 +72,7 @@ pub(crate) struct SetProfile {
 }
 
 /// Updates the profile fields given; creates the account if missing.
-pub(crate) fn set_profile(tx: &mut Tx<'_>, req: &SetProfile) -> StoreResult<Account> {
+pub(crate) fn set_profile(tx: &mut Tx<'_, '_>, req: &SetProfile) -> StoreResult<Account> {
     let user = req.user.as_str();
     let (nick, face_url) = (req.nick.as_deref(), req.face_url.as_deref());
     let Some(mut state) = tx.account(user)? else {
@@ -130,19 +130,17 @@ pub(crate) fn set_profile(tx: &mut Tx<'_>, req: &SetProfile) -> StoreResult<Acco
 }
 
 fn insert_message_entry(
-    conn: &Connection,
+    tx: &mut Tx<'_, '_>,
     uid: i64,
     seq: u64,
     ts: u64,
     peer_uid: i64,
     msg_id: i64,
 ) -> StoreResult<()> {
-    conn.prepare_cached(
+    tx.stmt(
         "INSERT INTO timeline (uid, seq, ts, kind, peer_uid, msg_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![uid, sql_u64(seq), sql_u64(ts), KIND_MESSAGE, peer_uid, msg_id])
-    })
+    )?
+    .execute(params![uid, sql_u64(seq), sql_u64(ts), KIND_MESSAGE, peer_uid, msg_id])
     .map_err(db)?;
     Ok(())
 }
@@ -170,7 +168,7 @@ fn insert_payload_entry(
 /// Most messages go to a conversation that exists: an `UPDATE` finds its row
 /// with one key lookup, and only a first message pays for the `INSERT`.
 fn touch_conversation(
-    conn: &Connection,
+    tx: &mut Tx<'_, '_>,
     msg: &NewMessage,
     msg_id: i64,
     uid: i64,
@@ -182,23 +180,21 @@ fn touch_conversation(
     let msg_time = sql_u64(msg.msg_time);
     let seq = sql_u64(seq);
     let updated = if !msg.no_last_msg {
-        conn.prepare_cached(
+        tx.stmt(
             "UPDATE conversations SET last_msg_id = ?3, last_time = ?4, last_seq = ?5, \
                unread = MIN(unread + ?6, ?7) \
              WHERE uid = ?1 AND peer_uid = ?2",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                uid, peer_uid, msg_id, msg_time, seq, unread, UNREAD_CAP
-            ])
-        })
+        )?
+        .execute(params![
+            uid, peer_uid, msg_id, msg_time, seq, unread, UNREAD_CAP
+        ])
     } else {
         // A no-last-msg message keeps the last message.
-        conn.prepare_cached(
+        tx.stmt(
             "UPDATE conversations SET unread = MIN(unread + ?3, ?4) \
              WHERE uid = ?1 AND peer_uid = ?2",
-        )
-        .and_then(|mut s| s.execute(params![uid, peer_uid, unread, UNREAD_CAP]))
+        )?
+        .execute(params![uid, peer_uid, unread, UNREAD_CAP])
     }
     .map_err(db)?;
     if updated > 0 {
@@ -207,11 +203,11 @@ fn touch_conversation(
     // The first message of the conversation (a no-last-msg one starts it
     // without a last message).
     let last_msg_id = (!msg.no_last_msg).then_some(msg_id);
-    conn.prepare_cached(
+    tx.stmt(
         "INSERT INTO conversations (uid, peer_uid, last_msg_id, last_time, last_seq, unread) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .and_then(|mut s| s.execute(params![uid, peer_uid, last_msg_id, msg_time, seq, unread]))
+    )?
+    .execute(params![uid, peer_uid, last_msg_id, msg_time, seq, unread])
     .map_err(db)?;
     Ok(())
 }
@@ -261,7 +257,7 @@ fn original(
 }
 
 /// Commits a message (see `Store::send`).
-pub(crate) fn send(tx: &mut Tx<'_>, msg: &NewMessage) -> StoreResult<SendWritten> {
+pub(crate) fn send(tx: &mut Tx<'_, '_>, msg: &NewMessage) -> StoreResult<SendWritten> {
     // Refusals first: the recipient, then the sender must exist.
     let Some(recipient) = tx.account(&msg.to)? else {
         return Err(StoreError::UnknownAccount(msg.to.clone()));
@@ -282,43 +278,40 @@ pub(crate) fn send(tx: &mut Tx<'_>, msg: &NewMessage) -> StoreResult<SendWritten
     let sender_seq = sender_copy.then_some(sender.head + 1);
 
     // Idempotency: the unique key refuses a retry, which then gets the original.
-    let conn = tx.conn();
-    let inserted = conn
-        .prepare_cached(
+    let inserted = tx
+        .stmt(
             "INSERT INTO messages (sender_uid, sender, receiver, msg_seq, msg_random, msg_time, \
                body, cloud_custom_data, nick, face_url, flags, sender_seq) \
              VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10) \
              ON CONFLICT (sender_uid, msg_seq, msg_random) DO NOTHING",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                msg.from,
-                msg.to,
-                msg.msg_seq,
-                msg.msg_random,
-                sql_u64(msg.msg_time),
-                msg.body_json,
-                msg.cloud_custom_data,
-                &*sender.nick,
-                &*sender.face_url,
-                sender_seq.map(sql_u64),
-                sender.uid,
-            ])
-        })
+        )?
+        .execute(params![
+            msg.from,
+            msg.to,
+            msg.msg_seq,
+            msg.msg_random,
+            sql_u64(msg.msg_time),
+            msg.body_json,
+            msg.cloud_custom_data,
+            &*sender.nick,
+            &*sender.face_url,
+            sender_seq.map(sql_u64),
+            sender.uid,
+        ])
         .map_err(db)?;
     if inserted == 0 {
-        return original(conn, sender.uid, msg)?.ok_or_else(|| {
+        return original(tx.conn(), sender.uid, msg)?.ok_or_else(|| {
             StoreError::Backend("a message both exists and does not (unique key)".into())
         });
     }
-    let msg_id = conn.last_insert_rowid();
+    let msg_id = tx.conn().last_insert_rowid();
     let (to, from) = (recipient.uid, sender.uid);
-    insert_message_entry(conn, to, recipient_seq, msg.now_ms, from, msg_id)?;
+    insert_message_entry(tx, to, recipient_seq, msg.now_ms, from, msg_id)?;
     let unread = !msg.no_unread && !self_send;
-    touch_conversation(conn, msg, msg_id, to, from, recipient_seq, unread)?;
+    touch_conversation(tx, msg, msg_id, to, from, recipient_seq, unread)?;
     if let Some(seq) = sender_seq {
-        insert_message_entry(conn, from, seq, msg.now_ms, to, msg_id)?;
-        touch_conversation(conn, msg, msg_id, from, to, seq, false)?;
+        insert_message_entry(tx, from, seq, msg.now_ms, to, msg_id)?;
+        touch_conversation(tx, msg, msg_id, from, to, seq, false)?;
     }
     tx.next_seq(&msg.to, &recipient);
     if sender_seq.is_some() {
@@ -390,7 +383,7 @@ pub(crate) struct MarkRead {
 }
 
 /// `user` has read `peer`'s messages up to `read_time` (see `Store::mark_read`).
-pub(crate) fn mark_read(tx: &mut Tx<'_>, req: &MarkRead) -> StoreResult<ReadOutcome> {
+pub(crate) fn mark_read(tx: &mut Tx<'_, '_>, req: &MarkRead) -> StoreResult<ReadOutcome> {
     let (user, peer) = (req.user.as_str(), req.peer.as_str());
     let Some(reader) = tx.account(user)? else {
         return Err(StoreError::UnknownAccount(user.to_owned()));
@@ -467,7 +460,7 @@ pub(crate) fn mark_read(tx: &mut Tx<'_>, req: &MarkRead) -> StoreResult<ReadOutc
 }
 
 /// Recalls a message (see `Store::recall`).
-pub(crate) fn recall(tx: &mut Tx<'_>, req: &RecallRequest) -> StoreResult<RecallOutcome> {
+pub(crate) fn recall(tx: &mut Tx<'_, '_>, req: &RecallRequest) -> StoreResult<RecallOutcome> {
     let MsgKey { seq, random, time } = req.key;
     // Without an account, nobody has sent anything.
     let Some(by) = tx.account(&req.by)? else {
@@ -590,7 +583,7 @@ pub(crate) struct Swept {
 /// in key order, [`SWEEP_SCAN`] rows per call: a call that reaches the end
 /// starts the next walk from the beginning, and the sweep is finished once
 /// a call removed nothing and its walk reached the end.
-pub(crate) fn sweep(tx: &mut Tx<'_>, req: &Sweep) -> StoreResult<Swept> {
+pub(crate) fn sweep(tx: &mut Tx<'_, '_>, req: &Sweep) -> StoreResult<Swept> {
     let conn = tx.conn();
     let chunk = i64::from(req.chunk);
     let delete = |sql: &str, cutoff: u64| -> StoreResult<u64> {
