@@ -298,3 +298,34 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         }
     }
 }
+
+/// The text of the `entry` frame of a message entry, written from a borrowed
+/// message: exactly what serializing `ServerFrame::Entry` with an
+/// `EntryKind::Message` gives (a test checks it), without copying the
+/// message into an [`Entry`] first.
+pub fn message_entry_frame(seq: u64, ts: u64, message: &Message) -> String {
+    #[derive(serde::Serialize)]
+    struct Frame<'a> {
+        #[serde(rename = "type")]
+        frame_type: &'static str,
+        entry: MessageEntry<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct MessageEntry<'a> {
+        seq: u64,
+        ts: u64,
+        kind: &'static str,
+        message: &'a Message,
+    }
+    let frame = Frame {
+        frame_type: "entry",
+        entry: MessageEntry {
+            seq,
+            ts,
+            kind: "message",
+            message,
+        },
+    };
+    // Plain data with string keys: serializing cannot fail.
+    serde_json::to_string(&frame).unwrap_or_default()
+}

@@ -738,3 +738,27 @@ fn unknown_types_and_non_objects() {
     assert!(serde_json::from_value::<ClientFrame>(json!(["x"])).is_err());
     assert!(serde_json::from_value::<ClientFrame>(json!({"type": "nope"})).is_err());
 }
+
+/// The borrowed writer of message `entry` frames gives exactly the text of
+/// the owned frame, whatever the message holds.
+#[test]
+fn message_entry_frame_matches_the_owned_frame() {
+    let mut recalled = sample_message();
+    recalled.flag_bits = FLAG_RECALLED;
+    let mut online = sample_message();
+    online.online_only = true;
+    online.body.push(MsgElem::custom("d\"ata\n", "", "é"));
+    for message in [sample_message(), recalled, online] {
+        let owned = serde_json::to_string(&ServerFrame::Entry {
+            entry: Entry {
+                seq: 42,
+                ts: 1_700_000_000_123,
+                kind: EntryKind::Message {
+                    message: message.clone(),
+                },
+            },
+        })
+        .unwrap();
+        assert_eq!(message_entry_frame(42, 1_700_000_000_123, &message), owned);
+    }
+}

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use duet_proto::{
-    Conversation, Entry, HistoryItem, Message, MsgElem, MsgKey, ServerFrame, limits, valid_user_id,
-    validate_body,
+    Conversation, Entry, HistoryItem, Message, MsgElem, MsgKey, ServerFrame, limits,
+    message_entry_frame, valid_user_id, validate_body,
 };
 use duet_store::{Account, NewMessage, RecallRequest, SendOutcome, SenderCopy, Store, SweepReport};
 use duet_usersig::UserSigKey;
@@ -198,15 +198,16 @@ impl Services {
         Ok(match outcome {
             SendOutcome::Stored {
                 message,
-                recipient_entry,
-                sender_entry,
+                recipient_seq,
+                sender_seq,
+                ts,
             } => {
-                // Store first, then deliver (Law 4).
-                let sender_seq = sender_entry.as_ref().map(|e| e.seq);
-                self.hub
-                    .route(&message.to, || entry_frame(recipient_entry), None);
-                if let Some(e) = sender_entry {
-                    self.hub.route(&message.from, || entry_frame(e), origin);
+                // Store first, then deliver (Law 4). The frames are written
+                // from the message itself, only for devices that want them.
+                let frame = |seq| Utf8Bytes::from(message_entry_frame(seq, ts, &message));
+                self.hub.route(&message.to, || frame(recipient_seq), None);
+                if let Some(seq) = sender_seq {
+                    self.hub.route(&message.from, || frame(seq), origin);
                 }
                 SendResult {
                     message,

@@ -577,19 +577,11 @@ impl PostgresStore {
             face_url,
             online_only: false,
         };
-        let entry = |seq| Entry {
-            seq,
-            ts: msg.now_ms,
-            kind: EntryKind::Message {
-                message: message.clone(),
-            },
-        };
-        let recipient_entry = entry(recipient_seq);
-        let sender_entry = sender_seq.map(entry);
         Ok(SendOutcome::Stored {
             message,
-            recipient_entry,
-            sender_entry,
+            recipient_seq,
+            sender_seq,
+            ts: msg.now_ms,
         })
     }
 

@@ -120,12 +120,13 @@ async fn two_nodes_share_one_database() {
                 match t.await.unwrap_or_else(|e| panic!("send task: {e}")) {
                     Ok(SendOutcome::Stored {
                         message,
-                        recipient_entry,
-                        sender_entry,
+                        recipient_seq,
+                        sender_seq,
+                        ..
                     }) => {
-                        bob_seqs.push(recipient_entry.seq);
-                        if let Some(s) = sender_entry {
-                            sender_seqs.entry(message.from).or_default().push(s.seq);
+                        bob_seqs.push(recipient_seq);
+                        if let Some(s) = sender_seq {
+                            sender_seqs.entry(message.from).or_default().push(s);
                         }
                     }
                     other => panic!("a concurrent send must be stored, got {other:?}"),

@@ -495,12 +495,12 @@ mod upgrade_tests {
             };
             match store.send(new).await.expect("send") {
                 SendOutcome::Stored {
-                    recipient_entry,
-                    sender_entry,
+                    recipient_seq,
+                    sender_seq,
                     ..
                 } => {
-                    assert_eq!(recipient_entry.seq, 5);
-                    assert_eq!(sender_entry.map(|e| e.seq), Some(4));
+                    assert_eq!(recipient_seq, 5);
+                    assert_eq!(sender_seq, Some(4));
                 }
                 other => panic!("a new message must be stored, got {other:?}"),
             }

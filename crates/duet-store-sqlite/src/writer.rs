@@ -883,13 +883,10 @@ mod tests {
         match out {
             Ok(Some(SendOutcome::Stored {
                 message,
-                recipient_entry,
-                sender_entry,
-            })) => (
-                recipient_entry.seq,
-                sender_entry.as_ref().map(|e| e.seq),
-                message.nick.clone(),
-            ),
+                recipient_seq,
+                sender_seq,
+                ..
+            })) => (*recipient_seq, *sender_seq, message.nick.clone()),
             unexpected => panic!("expected a stored send, got {unexpected:?}"),
         }
     }

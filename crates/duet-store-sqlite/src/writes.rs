@@ -358,19 +358,11 @@ pub(crate) fn send_outcome(msg: NewMessage, written: SendWritten) -> SendOutcome
         face_url: face_url.to_string(),
         online_only: false,
     };
-    let entry = |seq| Entry {
-        seq,
-        ts: msg.now_ms,
-        kind: EntryKind::Message {
-            message: message.clone(),
-        },
-    };
-    let recipient_entry = entry(recipient_seq);
-    let sender_entry = sender_seq.map(entry);
     SendOutcome::Stored {
         message,
-        recipient_entry,
-        sender_entry,
+        recipient_seq,
+        sender_seq,
+        ts: msg.now_ms,
     }
 }
 

@@ -160,12 +160,12 @@ async fn data_survives_close_and_reopen() {
         .expect("send");
     match out {
         SendOutcome::Stored {
-            recipient_entry,
-            sender_entry,
+            recipient_seq,
+            sender_seq,
             ..
         } => {
-            assert_eq!(recipient_entry.seq, heads.1 + 1);
-            assert_eq!(sender_entry.map(|e| e.seq), Some(heads.0 + 1));
+            assert_eq!(recipient_seq, heads.1 + 1);
+            assert_eq!(sender_seq, Some(heads.0 + 1));
         }
         other => panic!("expected Stored, got {other:?}"),
     }
@@ -365,14 +365,12 @@ async fn writes_by_another_connection_are_seen() {
     match store.send(text("alice", "bob", 3, T)).await.expect("send") {
         SendOutcome::Stored {
             message,
-            recipient_entry,
-            sender_entry,
+            recipient_seq,
+            sender_seq,
+            ..
         } => {
-            assert_eq!(
-                recipient_entry.seq, 5,
-                "bob's number follows the other writer's"
-            );
-            assert_eq!(sender_entry.map(|e| e.seq), Some(4));
+            assert_eq!(recipient_seq, 5, "bob's number follows the other writer's");
+            assert_eq!(sender_seq, Some(4));
             assert_eq!(
                 message.nick, "Alice2",
                 "the profile changed elsewhere is used"
@@ -466,9 +464,7 @@ async fn a_send_failing_after_writing_fails_alone() {
         .await
         .expect("retry")
     {
-        SendOutcome::Stored {
-            recipient_entry, ..
-        } => assert_eq!(recipient_entry.seq, bob_head + 1),
+        SendOutcome::Stored { recipient_seq, .. } => assert_eq!(recipient_seq, bob_head + 1),
         other => panic!("expected Stored, got {other:?}"),
     }
     let heads = assert_gap_free(&store, &users).await;
@@ -484,12 +480,12 @@ async fn a_send_failing_after_writing_fails_alone() {
         .expect("send")
     {
         SendOutcome::Stored {
-            recipient_entry,
-            sender_entry,
+            recipient_seq,
+            sender_seq,
             ..
         } => {
-            assert_eq!(recipient_entry.seq, heads[1] + 1);
-            assert_eq!(sender_entry.map(|e| e.seq), Some(heads[0] + 1));
+            assert_eq!(recipient_seq, heads[1] + 1);
+            assert_eq!(sender_seq, Some(heads[0] + 1));
         }
         other => panic!("expected Stored, got {other:?}"),
     }

@@ -192,11 +192,14 @@ impl<'a> Kit<'a> {
     async fn send(&self, m: NewMessage) -> (Message, Entry, Option<Entry>) {
         let what = format!("send {} -> {} (MsgSeq {})", m.from, m.to, m.msg_seq);
         match self.store.send(m).await {
-            Ok(SendOutcome::Stored {
-                message,
-                recipient_entry,
-                sender_entry,
-            }) => (message, recipient_entry, sender_entry),
+            Ok(out @ SendOutcome::Stored { .. }) => {
+                let (Some(recipient_entry), sender_entry) =
+                    (out.recipient_entry(), out.sender_entry())
+                else {
+                    panic!("{what}: a stored message has a recipient entry");
+                };
+                (out.message().clone(), recipient_entry, sender_entry)
+            }
             Ok(SendOutcome::Duplicate { .. }) => {
                 panic!("{what}: a new message was reported as a duplicate")
             }
@@ -1021,9 +1024,9 @@ pub async fn concurrent_duplicates_store_once(store: &dyn Store) {
         match r {
             Ok(SendOutcome::Stored {
                 message,
-                sender_entry,
+                sender_seq,
                 ..
-            }) => stored.push((message, sender_entry.map(|e| e.seq))),
+            }) => stored.push((message, sender_seq)),
             Ok(SendOutcome::Duplicate {
                 message,
                 sender_entry_seq,
@@ -2073,18 +2076,16 @@ pub async fn concurrent_sends_gap_free(store: &dyn Store) {
         match r {
             Ok(SendOutcome::Stored {
                 message,
-                recipient_entry,
-                sender_entry,
+                recipient_seq,
+                sender_seq,
+                ..
             }) => {
                 per_user
                     .entry(message.to.clone())
                     .or_default()
-                    .push(recipient_entry.seq);
-                if let Some(s) = sender_entry {
-                    per_user
-                        .entry(message.from.clone())
-                        .or_default()
-                        .push(s.seq);
+                    .push(recipient_seq);
+                if let Some(s) = sender_seq {
+                    per_user.entry(message.from.clone()).or_default().push(s);
                 }
             }
             other => panic!("a concurrent send must be stored, got {other:?}"),

@@ -96,14 +96,20 @@ pub struct NewMessage {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum SendOutcome {
-    /// Newly stored.
+    /// Newly stored: one message entry on the recipient's timeline and, unless
+    /// [`SenderCopy::None`], one on the sender's, both of `message` and
+    /// written at `ts` ([`SendOutcome::recipient_entry`] and
+    /// [`SendOutcome::sender_entry`] build them). The entries are given by
+    /// number so that the message is not copied into each of them.
     Stored {
         /// The stored message (with the sender's profile snapshot).
         message: Message,
-        /// The recipient's new entry.
-        recipient_entry: Entry,
-        /// The sender's new entry, unless [`SenderCopy::None`].
-        sender_entry: Option<Entry>,
+        /// The recipient's new entry number.
+        recipient_seq: u64,
+        /// The sender's new entry number, unless [`SenderCopy::None`].
+        sender_seq: Option<u64>,
+        /// When the entries were written, Unix milliseconds.
+        ts: u64,
     },
     /// A retry of a message already stored (same sender, `MsgSeq`, `MsgRandom`):
     /// nothing was written.
@@ -121,6 +127,43 @@ impl SendOutcome {
         match self {
             SendOutcome::Stored { message, .. } | SendOutcome::Duplicate { message, .. } => message,
         }
+    }
+
+    /// The recipient's new entry (a copy of the message), if newly stored.
+    pub fn recipient_entry(&self) -> Option<Entry> {
+        match self {
+            SendOutcome::Stored {
+                message,
+                recipient_seq,
+                ts,
+                ..
+            } => Some(message_entry(*recipient_seq, *ts, message)),
+            SendOutcome::Duplicate { .. } => None,
+        }
+    }
+
+    /// The sender's new entry (a copy of the message), if newly stored with
+    /// a sender copy.
+    pub fn sender_entry(&self) -> Option<Entry> {
+        match self {
+            SendOutcome::Stored {
+                message,
+                sender_seq: Some(seq),
+                ts,
+                ..
+            } => Some(message_entry(*seq, *ts, message)),
+            _ => None,
+        }
+    }
+}
+
+fn message_entry(seq: u64, ts: u64, message: &Message) -> Entry {
+    Entry {
+        seq,
+        ts,
+        kind: duet_proto::EntryKind::Message {
+            message: message.clone(),
+        },
     }
 }
 
