@@ -99,7 +99,12 @@ DROP INDEX IF EXISTS conversations_time;
 /// - `timeline` and `conversations` are keyed by `(uid, …)`; their peer is
 ///   `peer_uid` (0 for a read report about a peer without an account);
 /// - `messages` keeps the sender's and recipient's UserIDs for the read path,
-///   and its idempotency key becomes `(sender_uid, msg_seq, msg_random)`.
+///   and its idempotency key becomes `(sender_uid, msg_seq, msg_random)`;
+/// - each message knows its timeline entries (`sender_uid`, `sender_seq`,
+///   `receiver_uid`, `recipient_seq`), so the retention sweep removes them
+///   with the message, and the time index of `timeline` (`timeline_events`)
+///   covers only the other entries (recalls, read reports): a message entry
+///   no longer pays for a third index.
 ///
 /// The tables are rebuilt in one transaction, rows and numbers kept.
 const MIGRATION_3: &str = "
@@ -113,27 +118,6 @@ CREATE TABLE accounts_v3 (
 );
 INSERT INTO accounts_v3 (uid, user_id, nick, face_url, created_ms, head)
     SELECT rowid, user_id, nick, face_url, created_ms, head FROM accounts;
-CREATE TABLE messages_v3 (
-    msg_id            INTEGER PRIMARY KEY,
-    sender_uid        INTEGER NOT NULL,
-    sender            TEXT NOT NULL,
-    receiver          TEXT NOT NULL,
-    msg_seq           INTEGER NOT NULL,
-    msg_random        INTEGER NOT NULL,
-    msg_time          INTEGER NOT NULL,
-    body              TEXT NOT NULL,
-    cloud_custom_data TEXT NOT NULL,
-    nick              TEXT NOT NULL,
-    face_url          TEXT NOT NULL,
-    flags             INTEGER NOT NULL DEFAULT 0,
-    sender_seq        INTEGER,
-    UNIQUE (sender_uid, msg_seq, msg_random)
-);
-INSERT INTO messages_v3 (msg_id, sender_uid, sender, receiver, msg_seq, msg_random, msg_time,
-                         body, cloud_custom_data, nick, face_url, flags, sender_seq)
-    SELECT m.msg_id, a.uid, m.sender, m.receiver, m.msg_seq, m.msg_random, m.msg_time,
-           m.body, m.cloud_custom_data, m.nick, m.face_url, m.flags, m.sender_seq
-    FROM messages m JOIN accounts_v3 a ON a.user_id = m.sender;
 CREATE TABLE timeline_v3 (
     uid      INTEGER NOT NULL,
     seq      INTEGER NOT NULL,
@@ -148,6 +132,35 @@ INSERT INTO timeline_v3 (uid, seq, ts, kind, peer_uid, msg_id, payload)
     SELECT a.uid, t.seq, t.ts, t.kind, COALESCE(p.uid, 0), t.msg_id, t.payload
     FROM timeline t JOIN accounts_v3 a ON a.user_id = t.user_id
     LEFT JOIN accounts_v3 p ON p.user_id = t.peer;
+CREATE TABLE messages_v3 (
+    msg_id            INTEGER PRIMARY KEY,
+    sender_uid        INTEGER NOT NULL,
+    receiver_uid      INTEGER NOT NULL,
+    sender            TEXT NOT NULL,
+    receiver          TEXT NOT NULL,
+    msg_seq           INTEGER NOT NULL,
+    msg_random        INTEGER NOT NULL,
+    msg_time          INTEGER NOT NULL,
+    body              TEXT NOT NULL,
+    cloud_custom_data TEXT NOT NULL,
+    nick              TEXT NOT NULL,
+    face_url          TEXT NOT NULL,
+    flags             INTEGER NOT NULL DEFAULT 0,
+    sender_seq        INTEGER,
+    recipient_seq     INTEGER,
+    UNIQUE (sender_uid, msg_seq, msg_random)
+);
+CREATE INDEX migration_3_entries ON timeline_v3 (uid, msg_id) WHERE kind = 0;
+INSERT INTO messages_v3 (msg_id, sender_uid, receiver_uid, sender, receiver, msg_seq,
+                         msg_random, msg_time, body, cloud_custom_data, nick, face_url, flags,
+                         sender_seq, recipient_seq)
+    SELECT m.msg_id, a.uid, r.uid, m.sender, m.receiver, m.msg_seq, m.msg_random, m.msg_time,
+           m.body, m.cloud_custom_data, m.nick, m.face_url, m.flags, m.sender_seq,
+           (SELECT t.seq FROM timeline_v3 t
+            WHERE t.uid = r.uid AND t.msg_id = m.msg_id AND t.kind = 0)
+    FROM messages m JOIN accounts_v3 a ON a.user_id = m.sender
+    JOIN accounts_v3 r ON r.user_id = m.receiver;
+DROP INDEX migration_3_entries;
 CREATE TABLE conversations_v3 (
     uid            INTEGER NOT NULL,
     peer_uid       INTEGER NOT NULL,
@@ -175,7 +188,7 @@ ALTER TABLE timeline_v3 RENAME TO timeline;
 ALTER TABLE conversations_v3 RENAME TO conversations;
 CREATE INDEX messages_time ON messages (msg_time);
 CREATE INDEX timeline_history ON timeline (uid, peer_uid, seq, msg_id) WHERE kind = 0;
-CREATE INDEX timeline_ts ON timeline (ts);
+CREATE INDEX timeline_events ON timeline (ts) WHERE kind <> 0;
 ";
 
 const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
@@ -342,7 +355,7 @@ mod tests {
         assert_eq!(version, MIGRATIONS.len() as i64);
         assert_eq!(
             indexes(&conn),
-            vec!["messages_time", "timeline_history", "timeline_ts"],
+            vec!["messages_time", "timeline_events", "timeline_history"],
             "only the indexes the write path keeps"
         );
         let unread: i64 = conn
@@ -506,6 +519,21 @@ mod upgrade_tests {
             }
             let convs = store.conversations("bob", 0, 10).await.expect("convs");
             assert_eq!(convs[0].unread, 1, "bob's unread count goes on from 0");
+
+            // Everything expires: the migrated messages take their entries along.
+            let mut removed = (0, 0);
+            loop {
+                let r = store.sweep(T + 10 * 86_400_000, 100).await.expect("sweep");
+                removed = (removed.0 + r.entries, removed.1 + r.messages);
+                if !r.more {
+                    break;
+                }
+            }
+            assert_eq!(removed, (9, 3), "7 old entries + 2 new ones, 3 messages");
+            for user in ["alice", "bob"] {
+                let head = store.head(user).await.expect("head");
+                assert!(store.sync(user, 0, head, 100, 100).await.expect("sync").is_empty());
+            }
             store.close();
         });
     }

@@ -280,9 +280,10 @@ pub(crate) fn send(tx: &mut Tx<'_, '_>, msg: &NewMessage) -> StoreResult<SendWri
     // Idempotency: the unique key refuses a retry, which then gets the original.
     let inserted = tx
         .stmt(
-            "INSERT INTO messages (sender_uid, sender, receiver, msg_seq, msg_random, msg_time, \
-               body, cloud_custom_data, nick, face_url, flags, sender_seq) \
-             VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10) \
+            "INSERT INTO messages (sender_uid, receiver_uid, sender, receiver, msg_seq, \
+               msg_random, msg_time, body, cloud_custom_data, nick, face_url, flags, \
+               sender_seq, recipient_seq) \
+             VALUES (?11, ?12, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?13) \
              ON CONFLICT (sender_uid, msg_seq, msg_random) DO NOTHING",
         )?
         .execute(params![
@@ -297,6 +298,8 @@ pub(crate) fn send(tx: &mut Tx<'_, '_>, msg: &NewMessage) -> StoreResult<SendWri
             &*sender.face_url,
             sender_seq.map(sql_u64),
             sender.uid,
+            recipient.uid,
+            sql_u64(recipient_seq),
         ])
         .map_err(db)?;
     if inserted == 0 {
@@ -569,35 +572,60 @@ pub(crate) struct Swept {
 
 /// Removes up to `chunk` expired rows of each kind (see `Store::sweep`).
 ///
-/// Timeline entries and messages are found through their time indexes.
-/// `conversations` has no time index (keeping one cost every message two
-/// index moves), so expired conversations are found by walking the table
-/// in key order, [`SWEEP_SCAN`] rows per call: a call that reaches the end
-/// starts the next walk from the beginning, and the sweep is finished once
-/// a call removed nothing and its walk reached the end.
+/// Messages are found through their time index, and their timeline entries
+/// go with them (a message knows its entries); the other entries (recalls,
+/// read reports) through `timeline_events`. `conversations` has no time
+/// index (keeping one cost every message two index moves), so expired
+/// conversations are found by walking the table in key order,
+/// [`SWEEP_SCAN`] rows per call: a call that reaches the end starts the next
+/// walk from the beginning, and the sweep is finished once a call removed
+/// nothing and its walk reached the end.
 pub(crate) fn sweep(tx: &mut Tx<'_, '_>, req: &Sweep) -> StoreResult<Swept> {
     let conn = tx.conn();
     let chunk = i64::from(req.chunk);
-    let delete = |sql: &str, cutoff: u64| -> StoreResult<u64> {
-        let n = conn
-            .prepare_cached(sql)
-            .and_then(|mut s| s.execute(params![sql_u64(cutoff), chunk]))
-            .map_err(db)?;
-        Ok(n as u64)
-    };
     // Messages and conversations are dated in whole seconds:
     // `msg_time * 1000 < cutoff_ms` is `msg_time < ceil(cutoff_ms / 1000)`.
     let cutoff_s = req.cutoff_ms.div_ceil(1000);
-    let entries = delete(
-        "DELETE FROM timeline WHERE (uid, seq) IN \
-         (SELECT uid, seq FROM timeline WHERE ts < ?1 LIMIT ?2)",
-        req.cutoff_ms,
-    )?;
-    let messages = delete(
-        "DELETE FROM messages WHERE msg_id IN \
-         (SELECT msg_id FROM messages WHERE msg_time < ?1 LIMIT ?2)",
-        cutoff_s,
-    )?;
+    let mut entries = conn
+        .prepare_cached(
+            "DELETE FROM timeline WHERE (uid, seq) IN \
+             (SELECT uid, seq FROM timeline WHERE kind <> 0 AND ts < ?1 LIMIT ?2)",
+        )
+        .and_then(|mut s| s.execute(params![sql_u64(req.cutoff_ms), chunk]))
+        .map_err(db)? as u64;
+
+    // Expired messages, with their entries.
+    let expired: Vec<(i64, [Option<(i64, i64)>; 2])> = conn
+        .prepare_cached(
+            "SELECT msg_id, sender_uid, sender_seq, receiver_uid, recipient_seq FROM messages \
+             WHERE msg_time < ?1 LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![sql_u64(cutoff_s), chunk], |r| {
+                let entry = |uid: i64, seq: Option<i64>| seq.map(|seq| (uid, seq));
+                Ok((
+                    r.get(0)?,
+                    [entry(r.get(1)?, r.get(2)?), entry(r.get(3)?, r.get(4)?)],
+                ))
+            })?
+            .collect()
+        })
+        .map_err(db)?;
+    let mut messages = 0u64;
+    for (msg_id, message_entries) in &expired {
+        for (uid, seq) in message_entries.iter().flatten() {
+            entries += conn
+                .prepare_cached(
+                    "DELETE FROM timeline WHERE uid = ?1 AND seq = ?2 AND kind = 0 AND msg_id = ?3",
+                )
+                .and_then(|mut s| s.execute(params![uid, seq, msg_id]))
+                .map_err(db)? as u64;
+        }
+        messages += conn
+            .prepare_cached("DELETE FROM messages WHERE msg_id = ?1")
+            .and_then(|mut s| s.execute([msg_id]))
+            .map_err(db)? as u64;
+    }
 
     // The conversation walk: look at the next rows, remove the expired ones.
     let (uid, peer_uid) = req.after.unwrap_or((i64::MIN, i64::MIN));

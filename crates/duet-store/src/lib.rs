@@ -300,8 +300,10 @@ pub trait Store: Send + Sync + 'static {
     /// Recalls a message: status recalled, recall entries on both timelines.
     async fn recall(&self, req: RecallRequest) -> StoreResult<RecallOutcome>;
 
-    /// Removes at most `chunk` rows of each kind older than `cutoff_ms`
-    /// (timeline entries by write time, messages and conversations by message time).
+    /// Removes expired rows, a bounded part per call: at most `chunk`
+    /// messages (with their timeline entries: up to two each), `chunk` other
+    /// timeline entries and `chunk` conversations. Messages and conversations
+    /// expire by message time, entries by write time, all before `cutoff_ms`.
     /// Call repeatedly until it returns a report with `more == false`.
     /// Timeline numbering is unaffected: numbers are never reused.
     async fn sweep(&self, cutoff_ms: u64, chunk: u32) -> StoreResult<SweepReport>;
