@@ -561,6 +561,9 @@ pub(crate) struct Sweep {
     pub(crate) after: Option<(i64, i64)>,
 }
 
+/// A timeline entry's key: (account, entry number).
+type EntryKey = (i64, i64);
+
 /// Conversation rows one sweep call looks at, at most.
 const SWEEP_SCAN: i64 = 4096;
 
@@ -595,7 +598,7 @@ pub(crate) fn sweep(tx: &mut Tx<'_, '_>, req: &Sweep) -> StoreResult<Swept> {
         .map_err(db)? as u64;
 
     // Expired messages, with their entries.
-    let expired: Vec<(i64, [Option<(i64, i64)>; 2])> = conn
+    let expired: Vec<(i64, [Option<EntryKey>; 2])> = conn
         .prepare_cached(
             "SELECT msg_id, sender_uid, sender_seq, receiver_uid, recipient_seq FROM messages \
              WHERE msg_time < ?1 LIMIT ?2",
