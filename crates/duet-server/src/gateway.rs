@@ -291,15 +291,14 @@ async fn login(
         );
         return (vec![f], None);
     }
-    if let Err(e) = services.authenticate(&user_id, &user_sig).await {
-        metrics
-            .login_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return (vec![service_error(req_id, &e)], None);
-    }
-    let head = match services.store().head(&user_id).await {
-        Ok(h) => h,
-        Err(e) => return (vec![service_error(req_id, &e.into())], None),
+    let head = match services.authenticate(&user_id, &user_sig).await {
+        Ok((_, head)) => head,
+        Err(e) => {
+            metrics
+                .login_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return (vec![service_error(req_id, &e)], None);
+        }
     };
     let user: Arc<str> = user_id.as_str().into();
     let conn_id = services.hub().next_conn_id();

@@ -124,8 +124,13 @@ impl Services {
     }
 
     /// Checks a UserSig for `user` and makes sure the account exists
-    /// (logging in creates the account, as in Tencent's service).
-    pub async fn authenticate(&self, user: &str, user_sig: &str) -> Result<Account, ServiceError> {
+    /// (logging in creates the account, as in Tencent's service); returns it
+    /// with the newest entry number of its timeline.
+    pub async fn authenticate(
+        &self,
+        user: &str,
+        user_sig: &str,
+    ) -> Result<(Account, u64), ServiceError> {
         if !valid_user_id(user) {
             return Err(ServiceError::BadParams(format!(
                 "UserID must be 1 to {} bytes of printable ASCII",
@@ -135,7 +140,7 @@ impl Services {
         self.config
             .key
             .verify_at(user_sig, user, self.clock.now_secs())?;
-        Ok(self.store.ensure_account(user, self.clock.now_ms()).await?)
+        Ok(self.store.login(user, self.clock.now_ms()).await?)
     }
 
     /// Sends a message from `from`. `origin` is the sending connection, which

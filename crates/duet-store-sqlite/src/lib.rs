@@ -61,6 +61,9 @@ const UNREAD_CAP: i64 = 250;
 const WRITE_QUEUE: usize = 8192;
 /// Accounts whose state (head, profile) the writer keeps in memory (Law 6).
 const CACHED_ACCOUNTS: usize = 64 * 1024;
+/// Connections for lookups run inline (one per async worker thread is plenty:
+/// a lookup holds one for microseconds).
+const POINT_READERS: usize = 4;
 /// The WAL file's size bound in bytes: exceeded by about one batch's pages at
 /// most, unless long reads keep the WAL from starting over.
 const WAL_LIMIT: u64 = 64 * 1024 * 1024;
@@ -147,6 +150,9 @@ pub struct SqliteStore {
     epoch: String,
     writer: Writer,
     readers: Arc<Readers>,
+    /// Connections for point lookups run on the calling task (see
+    /// [`SqliteStore::point_read`]).
+    point: Mutex<Vec<Connection>>,
     /// Where the retention sweep's walk over `conversations` goes on.
     sweep_after: Mutex<Option<(i64, i64)>>,
 }
@@ -170,6 +176,9 @@ impl SqliteStore {
         let idle = (0..readers)
             .map(|_| schema::open_reader(&opts.path))
             .collect::<StoreResult<Vec<_>>>()?;
+        let point = (0..POINT_READERS)
+            .map(|_| schema::open_point_reader(&opts.path))
+            .collect::<StoreResult<Vec<_>>>()?;
         let writer = Writer::start(
             conn,
             &opts.path,
@@ -191,6 +200,7 @@ impl SqliteStore {
                 permits: Arc::new(Semaphore::new(readers)),
             }),
             sweep_after: Mutex::new(None),
+            point: Mutex::new(point),
         })
     }
 
@@ -211,6 +221,42 @@ impl SqliteStore {
         W: Send + 'static,
     {
         self.writer.write(input, run).await
+    }
+
+    /// Runs `f`, a lookup by key (an account, a head: microseconds, on pages
+    /// that stay cached), right here on the calling task when a point-read
+    /// connection is free: cheaper than handing it to a blocking thread and
+    /// back, which costs two thread switches. Those connections never wait
+    /// for a lock; if the database is busy (a recovery after a crash), or all
+    /// of them are taken, the lookup runs on a blocking thread instead.
+    async fn point_read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self
+            .point
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        if let Some(conn) = conn {
+            let out = f(&conn);
+            self.point
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+            match out {
+                Err(e)
+                    if matches!(
+                        e.sqlite_error_code(),
+                        Some(
+                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                        )
+                    ) => {}
+                out => return out.map_err(db),
+            }
+        }
+        self.read(move |c| f(c).map_err(db)).await
     }
 
     /// Runs `f` on a reader connection on a blocking thread.
@@ -249,22 +295,29 @@ impl Store for SqliteStore {
     }
 
     async fn ensure_account(&self, user: &str, now_ms: u64) -> StoreResult<Account> {
-        // Accounts are never deleted: an existing one needs no write.
+        Ok(self.login(user, now_ms).await?.0)
+    }
+
+    async fn account(&self, user: &str) -> StoreResult<Option<Account>> {
+        let user = user.to_owned();
+        Ok(self
+            .point_read(move |c| writes::account(c, &user))
+            .await?
+            .map(|(account, _)| account))
+    }
+
+    async fn login(&self, user: &str, now_ms: u64) -> StoreResult<(Account, u64)> {
+        // Accounts are never deleted: an existing one needs no write, and one
+        // read gives both the account and its head.
         let u = user.to_owned();
-        if let Some(account) = self.read(move |c| writes::account(c, &u)).await? {
-            return Ok(account);
+        if let Some(found) = self.point_read(move |c| writes::account(c, &u)).await? {
+            return Ok(found);
         }
         let req = EnsureAccount {
             user: user.to_owned(),
             now_ms,
         };
-        let (_, account) = self.write(req, writes::ensure_account).await?;
-        Ok(account)
-    }
-
-    async fn account(&self, user: &str) -> StoreResult<Option<Account>> {
-        let user = user.to_owned();
-        self.read(move |c| writes::account(c, &user)).await
+        Ok(self.write(req, writes::ensure_account).await?.1)
     }
 
     async fn set_profile(
@@ -291,7 +344,7 @@ impl Store for SqliteStore {
 
     async fn head(&self, user: &str) -> StoreResult<u64> {
         let user = user.to_owned();
-        self.read(move |c| reads::head(c, &user)).await
+        self.point_read(move |c| reads::head(c, &user)).await
     }
 
     async fn sync(

@@ -7,11 +7,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::db;
 use crate::rows::{entry_at, message_at, msg_cols, sql_u64, u64_at};
 
-pub(crate) fn head(conn: &Connection, user: &str) -> StoreResult<u64> {
+pub(crate) fn head(conn: &Connection, user: &str) -> rusqlite::Result<u64> {
     conn.prepare_cached("SELECT head FROM accounts WHERE user_id = ?1")
         .and_then(|mut s| s.query_row([user], |r| u64_at(r, 0)).optional())
         .map(Option::unwrap_or_default)
-        .map_err(db)
 }
 
 /// The account key of the UserID in parameter `$param` (NULL when it has

@@ -268,6 +268,20 @@ pub(crate) fn open_reader(path: &Path) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// Opens a connection for lookups run on an async task: like a reader, but
+/// it never waits for a lock (a busy database sends the lookup to a blocking
+/// thread instead), with a smaller page cache (it reads a few index pages).
+pub(crate) fn open_point_reader(path: &Path) -> StoreResult<Connection> {
+    let conn = open_reader(path)?;
+    conn.busy_timeout(Duration::ZERO).map_err(db)?;
+    conn.pragma_update(None, "cache_size", -POINT_CACHE_KIB)
+        .map_err(db)?;
+    Ok(conn)
+}
+
+/// Page cache of a point-read connection, in KiB.
+const POINT_CACHE_KIB: i64 = 8 * 1024;
+
 /// Brings the schema up to date and returns the store epoch (made by migration 1).
 pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<String> {
     loop {
@@ -532,7 +546,13 @@ mod upgrade_tests {
             assert_eq!(removed, (9, 3), "7 old entries + 2 new ones, 3 messages");
             for user in ["alice", "bob"] {
                 let head = store.head(user).await.expect("head");
-                assert!(store.sync(user, 0, head, 100, 100).await.expect("sync").is_empty());
+                assert!(
+                    store
+                        .sync(user, 0, head, 100, 100)
+                        .await
+                        .expect("sync")
+                        .is_empty()
+                );
             }
             store.close();
         });

@@ -27,13 +27,14 @@ use crate::writer::Tx;
 use crate::{UNREAD_CAP, db};
 
 const SELECT_ACCOUNT: &str =
-    "SELECT user_id, nick, face_url, created_ms FROM accounts WHERE user_id = ?1";
+    "SELECT user_id, nick, face_url, created_ms, head FROM accounts WHERE user_id = ?1";
 
-/// The account, if it exists (the read path).
-pub(crate) fn account(conn: &Connection, user: &str) -> StoreResult<Option<Account>> {
-    conn.prepare_cached(SELECT_ACCOUNT)
-        .and_then(|mut s| s.query_row([user], account_at).optional())
-        .map_err(db)
+/// The account and its timeline head, if it exists (the read path).
+pub(crate) fn account(conn: &Connection, user: &str) -> rusqlite::Result<Option<(Account, u64)>> {
+    conn.prepare_cached(SELECT_ACCOUNT).and_then(|mut s| {
+        s.query_row([user], |r| Ok((account_at(r)?, u64_at(r, 4)?)))
+            .optional()
+    })
 }
 
 /// Input of [`ensure_account`].
@@ -42,10 +43,14 @@ pub(crate) struct EnsureAccount {
     pub(crate) now_ms: u64,
 }
 
-/// Returns the account, creating it (empty profile) if missing.
-pub(crate) fn ensure_account(tx: &mut Tx<'_, '_>, req: &EnsureAccount) -> StoreResult<Account> {
+/// Returns the account and its timeline head, creating the account (empty
+/// profile) if missing.
+pub(crate) fn ensure_account(
+    tx: &mut Tx<'_, '_>,
+    req: &EnsureAccount,
+) -> StoreResult<(Account, u64)> {
     if let Some(state) = tx.account(&req.user)? {
-        return Ok(state.to_account(&req.user));
+        return Ok((state.to_account(&req.user), state.head));
     }
     tx.conn()
         .prepare_cached("INSERT INTO accounts (user_id, created_ms) VALUES (?1, ?2)")
@@ -60,7 +65,7 @@ pub(crate) fn ensure_account(tx: &mut Tx<'_, '_>, req: &EnsureAccount) -> StoreR
     };
     let account = state.to_account(&req.user);
     tx.put_account(&req.user, state);
-    Ok(account)
+    Ok((account, 0))
 }
 
 /// Input of [`set_profile`].

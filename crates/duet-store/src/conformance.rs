@@ -61,6 +61,7 @@ pub async fn run_all(factory: &dyn StoreFactory) {
     checks!(
         epoch_is_stable,
         ensure_account_creates_once,
+        login_gives_account_and_head,
         account_unknown_is_none,
         set_profile_updates_given_fields,
         set_profile_creates_missing,
@@ -463,6 +464,30 @@ pub async fn ensure_account_creates_once(store: &dyn Store) {
         .await
         .unwrap_or_else(|e| panic!("account(alice) failed: {e}"));
     assert_eq!(found, Some(first), "account() must find an ensured account");
+}
+
+/// `login` creates a missing account (head 0) and later returns the same
+/// account with the head its timeline has reached.
+pub async fn login_gives_account_and_head(store: &dyn Store) {
+    let kit = Kit::new(store);
+    let (alice, head) = store
+        .login("alice", 1_000)
+        .await
+        .unwrap_or_else(|e| panic!("login(alice) failed: {e}"));
+    assert_eq!(
+        (alice.user_id.as_str(), alice.created_ms, head),
+        ("alice", 1_000, 0)
+    );
+    kit.users(&["bob"]).await;
+    kit.say("bob", "alice", "one").await;
+    kit.say("alice", "bob", "two").await;
+    let (again, head) = store
+        .login("alice", 5_000)
+        .await
+        .unwrap_or_else(|e| panic!("second login(alice) failed: {e}"));
+    assert_eq!(again, alice, "the same account (created_ms kept)");
+    assert_eq!(head, 2, "alice's head after receiving one and sending one");
+    assert_eq!(head, kit.head("alice").await);
 }
 
 /// `account()` of an unknown user is `None`; its head is 0.

@@ -238,6 +238,13 @@ pub trait Store: Send + Sync + 'static {
     /// The account, if it exists.
     async fn account(&self, user: &str) -> StoreResult<Option<Account>>;
 
+    /// For a login: the account (created with an empty profile if missing)
+    /// and the newest entry number of its timeline, in one call.
+    async fn login(&self, user: &str, now_ms: u64) -> StoreResult<(Account, u64)> {
+        let account = self.ensure_account(user, now_ms).await?;
+        Ok((account, self.head(user).await?))
+    }
+
     /// Updates the profile fields given; creates the account if missing.
     async fn set_profile(
         &self,

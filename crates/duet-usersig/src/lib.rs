@@ -27,14 +27,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use flate2::Compression;
-use flate2::read::ZlibDecoder;
 use flate2::write::ZlibEncoder;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -315,16 +314,20 @@ fn decode_full(usersig: &str) -> Result<Decoded, UserSigError> {
         .decode(b64.as_bytes())
         .map_err(|e| malformed(format!("base64: {e}")))?;
 
-    let mut json = Vec::new();
-    ZlibDecoder::new(compressed.as_slice())
-        .take(MAX_INFLATED_BYTES as u64 + 1)
-        .read_to_end(&mut json)
-        .map_err(|e| malformed(format!("zlib: {e}")))?;
-    if json.len() > MAX_INFLATED_BYTES {
-        return Err(malformed(format!(
-            "inflated payload exceeds {MAX_INFLATED_BYTES} bytes"
-        )));
-    }
+    // One-shot inflate into the output (no streaming state with its 32 KiB
+    // window to allocate and clear for a payload of a few hundred bytes).
+    let json = match miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(
+        &compressed,
+        MAX_INFLATED_BYTES,
+    ) {
+        Ok(json) => json,
+        Err(e) if e.status == miniz_oxide::inflate::TINFLStatus::HasMoreOutput => {
+            return Err(malformed(format!(
+                "inflated payload exceeds {MAX_INFLATED_BYTES} bytes"
+            )));
+        }
+        Err(e) => return Err(malformed(format!("zlib: {e}"))),
+    };
     if json.is_empty() {
         return Err(malformed("zlib: empty payload"));
     }
@@ -386,6 +389,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
+    use flate2::read::ZlibDecoder;
+
     use super::*;
 
     const APPID: u64 = 1_400_000_000;
