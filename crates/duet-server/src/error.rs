@@ -34,6 +34,9 @@ pub enum ServiceError {
     /// The server is shutting down.
     #[error("server is shutting down; retry on another node or later")]
     Unavailable,
+    /// Too many writes are waiting for the store.
+    #[error("server is overloaded (too many writes waiting); retry later")]
+    Overloaded,
     /// Storage failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -51,7 +54,7 @@ impl ServiceError {
             ServiceError::MessageNotFound => codes::MSG_NOT_FOUND,
             ServiceError::AlreadyRecalled => codes::ALREADY_RECALLED,
             ServiceError::RecallWindowPassed(_) => codes::RECALL_WINDOW_PASSED,
-            ServiceError::Unavailable => codes::UNAVAILABLE,
+            ServiceError::Unavailable | ServiceError::Overloaded => codes::UNAVAILABLE,
             ServiceError::Internal(_) => codes::INTERNAL,
         }
     }
@@ -65,6 +68,7 @@ impl From<StoreError> for ServiceError {
             StoreError::AlreadyRecalled => ServiceError::AlreadyRecalled,
             StoreError::RecallWindowPassed => ServiceError::RecallWindowPassed(0),
             StoreError::Closed => ServiceError::Unavailable,
+            StoreError::Overloaded => ServiceError::Overloaded,
             StoreError::Backend(m) => ServiceError::Internal(m),
         }
     }

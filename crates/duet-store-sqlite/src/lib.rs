@@ -57,8 +57,10 @@ use crate::writes::{EnsureAccount, MarkRead, SetProfile, Sweep};
 
 /// Unread counts stop at this many messages per conversation.
 const UNREAD_CAP: i64 = 250;
-/// Writes that may wait for the writer at once; further writers wait their turn.
-const WRITE_QUEUE: usize = 8192;
+/// Writes queued for the writer at most (Law 6); a write past it fails at
+/// once with [`StoreError::Overloaded`] (about three seconds of writes at
+/// full speed).
+const WRITE_QUEUE: usize = 65_536;
 /// Accounts whose state (head, profile) the writer keeps in memory (Law 6).
 const CACHED_ACCOUNTS: usize = 64 * 1024;
 /// Connections for lookups run inline (one per async worker thread is plenty:

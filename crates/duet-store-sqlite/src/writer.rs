@@ -28,14 +28,14 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use duet_store::{StoreError, StoreResult};
 use rusqlite::{Connection, Statement};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 
 use crate::accounts::{AccountState, Accounts};
 use crate::{CommitObserver, db, schema};
@@ -192,8 +192,10 @@ pub(crate) struct WriterConfig {
 /// Handle to the writer thread (and its checkpointer).
 pub(crate) struct Writer {
     tx: mpsc::Sender<Msg>,
-    /// Bounds the queue (Law 6); a permit is returned when its job completes.
-    permits: Arc<Semaphore>,
+    /// Jobs queued or running (Law 6: a write past `queue` fails at once).
+    queued: Arc<AtomicUsize>,
+    /// Most jobs queued or running.
+    queue: usize,
     closed: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Checkpointer,
@@ -205,18 +207,18 @@ impl Writer {
     pub(crate) fn start(conn: Connection, path: &Path, cfg: WriterConfig) -> StoreResult<Self> {
         let checkpointer = Checkpointer::start(path, cfg.wal_limit)?;
         let (tx, rx) = mpsc::channel();
-        let permits = Arc::new(Semaphore::new(cfg.queue.max(1)));
+        let queued = Arc::new(AtomicUsize::new(0));
         let state = WriterState {
             accounts: Accounts::new(cfg.cached_accounts),
             data_version: None,
             observer: cfg.observer,
             checkpoints: Arc::clone(&checkpointer.shared),
         };
-        let thread_permits = Arc::clone(&permits);
+        let thread_queued = Arc::clone(&queued);
         let max_batch = cfg.max_batch.max(1);
         let thread = std::thread::Builder::new()
             .name("duet-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, state, rx, max_batch, thread_permits))
+            .spawn(move || writer_loop(conn, state, rx, max_batch, thread_queued))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")));
         let thread = match thread {
             Ok(thread) => thread,
@@ -227,7 +229,8 @@ impl Writer {
         };
         Ok(Writer {
             tx,
-            permits,
+            queued,
+            queue: cfg.queue.max(1),
             closed: AtomicBool::new(false),
             thread: Mutex::new(Some(thread)),
             checkpointer,
@@ -237,6 +240,14 @@ impl Writer {
     /// Runs `run(tx, &input)` in the writer's next batch; once the batch is
     /// durably committed, returns the input back with what `run` returned.
     /// If `run` fails, nothing it wrote is kept.
+    ///
+    /// The job joins the queue when this future is first polled, without
+    /// waiting for anything: writes are committed in the order they were
+    /// issued (a device's sends stay in order). A write that finds the queue
+    /// full fails at once with [`StoreError::Overloaded`] rather than waiting
+    /// for a place: a place handed to a waiting writer is taken up only when
+    /// that writer next runs, and a later write of the same connection could
+    /// take a free place first.
     pub(crate) async fn write<I, W>(&self, input: I, run: WriteFn<I, W>) -> StoreResult<(I, W)>
     where
         I: Send + 'static,
@@ -245,15 +256,11 @@ impl Writer {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
-        // Outside tokio's cooperative budget: a write that ran out of budget
-        // just after taking its permit could be overtaken by a later write of
-        // the same connection, and writes must be committed in the order
-        // they were issued.
-        let permit = tokio::task::unconstrained(self.permits.acquire())
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        // The writer returns the permit when the job is done.
-        permit.forget();
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.queue {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(StoreError::Overloaded);
+        }
+        // The writer gives the place back when the job is done.
         let (tx, rx) = oneshot::channel();
         let job = Box::new(Typed {
             input,
@@ -262,6 +269,7 @@ impl Writer {
             tx,
         });
         if self.tx.send(Msg::Job(job)).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(StoreError::Closed);
         }
         // A dropped job (the writer stopped before taking it) never ran.
@@ -274,7 +282,6 @@ impl Writer {
     pub(crate) fn close(&self) {
         let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
         if !self.closed.swap(true, Ordering::AcqRel) {
-            self.permits.close();
             let _ = self.tx.send(Msg::Shutdown);
         }
         if let Some(handle) = thread.take()
@@ -300,7 +307,7 @@ fn writer_loop(
     mut st: WriterState,
     rx: mpsc::Receiver<Msg>,
     max_batch: usize,
-    permits: Arc<Semaphore>,
+    queued: Arc<AtomicUsize>,
 ) {
     let conn = &conn;
     let mut stmts = Statements::new(conn);
@@ -330,7 +337,7 @@ fn writer_loop(
         }
         let jobs = batch.len();
         commit_batch(conn, &mut stmts, &mut st, &mut batch, Instant::now());
-        permits.add_permits(jobs);
+        queued.fetch_sub(jobs, Ordering::AcqRel);
         st.checkpoints.after_commit(conn);
     }
     tracing::debug!("sqlite store: writer stopped");
@@ -652,23 +659,30 @@ mod tests {
         path: PathBuf,
         writer: Arc<Writer>,
         batches: Arc<Batches>,
-        queue: usize,
     }
 
     fn open(dir: tempfile::TempDir, cached_accounts: usize, wal_limit: u64) -> Fixture {
+        open_with_queue(dir, cached_accounts, wal_limit, 1024)
+    }
+
+    fn open_with_queue(
+        dir: tempfile::TempDir,
+        cached_accounts: usize,
+        wal_limit: u64,
+        queue: usize,
+    ) -> Fixture {
         let path = dir.path().join("duet.db");
         let mut conn = schema::open_writer(&path, wal_limit).expect("open");
         schema::migrate(&mut conn).expect("migrate");
         conn.execute_batch("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v BLOB)")
             .expect("test table");
         let batches = Arc::new(Batches::default());
-        let queue = 1024;
         let writer = Writer::start(
             conn,
             &path,
             WriterConfig {
                 queue,
-                max_batch: queue,
+                max_batch: 1024,
                 cached_accounts,
                 wal_limit,
                 observer: Some(batches.clone()),
@@ -680,7 +694,6 @@ mod tests {
             path,
             writer: Arc::new(writer),
             batches,
-            queue,
         }
     }
 
@@ -726,7 +739,7 @@ mod tests {
             for job in jobs {
                 handles.push(job(Arc::clone(&self.writer)));
                 // Enqueue in order: wait until this one holds its queue slot.
-                while self.writer.permits.available_permits() > self.queue - 1 - handles.len() {
+                while self.writer.queued.load(Ordering::Acquire) < 1 + handles.len() {
                     tokio::task::yield_now().await;
                 }
             }
@@ -784,6 +797,53 @@ mod tests {
         Box::new(move |w: Arc<Writer>| {
             tokio::spawn(async move { w.write(input, run).await.map(|(_, out)| out) })
         })
+    }
+
+    /// A write that finds the queue full fails at once with `Overloaded`
+    /// (it waits for nothing, so it cannot overtake an earlier write) and
+    /// leaves nothing; the queued writes commit, and a place is free again
+    /// once they are done.
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let f = open_with_queue(tempfile::TempDir::new().expect("dir"), 16, 1 << 26, 4);
+        // The gate holds the writer with one place taken; three more fill the queue.
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        let writer = Arc::clone(&f.writer);
+        let held = tokio::spawn(async move {
+            writer
+                .write((started_tx, Mutex::new(release_rx)), gate)
+                .await
+                .map(|_| ())
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv())
+            .await
+            .expect("join")
+            .expect("the gate runs");
+        let mut queued = Vec::new();
+        for k in 1..=3 {
+            queued.push(job(k, insert_ok)(Arc::clone(&f.writer)));
+            while f.writer.queued.load(Ordering::Acquire) < 1 + queued.len() {
+                tokio::task::yield_now().await;
+            }
+        }
+        let refused = f.writer.write(99_i64, insert_ok).await;
+        assert_eq!(refused.map(|(_, k)| k), Err(StoreError::Overloaded));
+        release_tx.send(()).expect("release");
+        held.await.expect("join").expect("gate");
+        for (k, h) in (1..=3).zip(queued) {
+            assert_eq!(h.await.expect("join"), Ok(k), "queued write {k} commits");
+        }
+        assert_eq!(
+            f.count("SELECT count(*) FROM t"),
+            3,
+            "nothing of the refused write"
+        );
+        assert_eq!(
+            f.writer.write(100_i64, insert_ok).await.map(|(_, k)| k),
+            Ok(100),
+            "places come back once the queued writes are done"
+        );
     }
 
     /// Refused jobs and jobs that fail (or panic) after writing each fail

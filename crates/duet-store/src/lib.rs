@@ -31,6 +31,9 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,
+    /// Too many writes are waiting: retry later (nothing was written).
+    #[error("the store is overloaded: too many writes waiting")]
+    Overloaded,
     /// The backend failed (I/O, SQL, corruption).
     #[error("store backend error: {0}")]
     Backend(String),
