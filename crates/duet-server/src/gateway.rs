@@ -42,6 +42,10 @@ fn service_error(req_id: u64, e: &ServiceError) -> ServerFrame {
 struct Session {
     user: Arc<str>,
     conn_id: u64,
+    /// Held by a send while the store commits it, when the store does not by
+    /// itself commit writes in the order they were issued: the connection's
+    /// sends then commit one after the other, in the order they arrived.
+    send_order: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// Serves one upgraded WebSocket until it closes, the device is kicked, it
@@ -115,7 +119,7 @@ pub async fn serve_socket(
                             close_reason = Some((1000, "logged out"));
                             break;
                         }
-                        inflight.push(handle(services.clone(), s.user.clone(), s.conn_id, frame));
+                        inflight.push(handle(services.clone(), s, frame));
                     }
                 }
             }
@@ -334,14 +338,23 @@ async fn login(
         protocol_version: PROTOCOL_VERSION,
         heartbeat_timeout: services.config().heartbeat_timeout.as_secs(),
     };
-    (vec![ok], Some(Session { user, conn_id }))
+    let send_order =
+        (!services.store().keeps_issue_order()).then(|| Arc::new(tokio::sync::Mutex::new(())));
+    (
+        vec![ok],
+        Some(Session {
+            user,
+            conn_id,
+            send_order,
+        }),
+    )
 }
 
-fn handle(services: Arc<Services>, user: Arc<str>, conn_id: u64, frame: ClientFrame) -> Reply {
+fn handle(services: Arc<Services>, s: &Session, frame: ClientFrame) -> Reply {
     if let ClientFrame::Sync { req_id, after } = frame {
-        return sync_stream(services, user, req_id, after);
+        return sync_stream(services, s.user.clone(), req_id, after);
     }
-    single(services, user, conn_id, frame)
+    single(services, s, frame)
 }
 
 /// Entries read from the store per query. Each query evaluates the
@@ -423,7 +436,9 @@ async fn next_sync_frame(
     })
 }
 
-fn single(services: Arc<Services>, user: Arc<str>, conn_id: u64, frame: ClientFrame) -> Reply {
+fn single(services: Arc<Services>, s: &Session, frame: ClientFrame) -> Reply {
+    let (user, conn_id) = (s.user.clone(), s.conn_id);
+    let send_order = s.send_order.clone();
     Box::pin(
         stream::once(async move {
             let req_id = frame.req_id();
@@ -460,6 +475,12 @@ fn single(services: Arc<Services>, user: Arc<str>, conn_id: u64, frame: ClientFr
                             no_unread,
                             no_last_msg,
                             sender_copy: SenderCopy::Timeline,
+                        };
+                        // Taken in the order the frames arrived (the lock is
+                        // fair and this is the future's first await).
+                        let _in_line = match &send_order {
+                            Some(order) => Some(order.lock().await),
+                            None => None,
                         };
                         let r = services.send(&user, req, Some(conn_id)).await?;
                         vec![ServerFrame::SendAck {

@@ -296,6 +296,12 @@ impl Store for SqliteStore {
         &self.epoch
     }
 
+    /// One writer thread takes jobs in the order they were queued, and a job
+    /// is queued when its call is first polled, waiting for nothing.
+    fn keeps_issue_order(&self) -> bool {
+        true
+    }
+
     async fn ensure_account(&self, user: &str, now_ms: u64) -> StoreResult<Account> {
         Ok(self.login(user, now_ms).await?.0)
     }

@@ -235,6 +235,14 @@ pub trait Store: Send + Sync + 'static {
     /// came from another epoch must resync from 0.
     fn epoch(&self) -> &str;
 
+    /// Whether writes issued one after another (each call polled once before
+    /// the next is made, none awaited) are committed in that order. When not,
+    /// the gateway commits a connection's sends one at a time, so that a
+    /// device's messages keep their order.
+    fn keeps_issue_order(&self) -> bool {
+        false
+    }
+
     /// Returns the account, creating it (empty profile) if missing.
     async fn ensure_account(&self, user: &str, now_ms: u64) -> StoreResult<Account>;
 

@@ -1,6 +1,7 @@
 //! Three nodes on one PostgreSQL schema, joined by the NATS bus (the real
 //! servers on 127.0.0.1:5432 and :4222; the test fails if they are missing).
 
+use duet_proto::MsgElem;
 use duet_sdk::Event;
 use duet_testkit::TestCluster;
 
@@ -154,5 +155,50 @@ async fn presence_is_shared_across_nodes_and_expires_with_a_dead_node() {
     // Node 1 stops reporting (as if it died): its devices expire after the TTL.
     cluster.node_mut(1).stop_presence();
     wait_for(vec![]).await;
+    cluster.stop().await;
+}
+
+/// On PostgreSQL too, a device's pipelined sends are committed in the order
+/// they were issued (each runs in its own pooled transaction, so the gateway
+/// keeps them in line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_on_postgres_keep_their_order() {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+    let cluster = TestCluster::start(1).await;
+    let node = cluster.node(0);
+    let (_bob, _) = node.login_raw("bob", "d").await;
+    let mut senders = Vec::new();
+    for s in 0..4 {
+        senders.push(node.login_raw(&format!("s{s}"), "d").await.0);
+    }
+    let mut inflight = FuturesUnordered::new();
+    for i in 0..40u32 {
+        for (s, conn) in senders.iter().enumerate() {
+            let conn = conn.clone();
+            inflight.push(async move {
+                let ack = conn
+                    .send(
+                        "bob",
+                        vec![MsgElem::text(format!("{i}"))],
+                        Default::default(),
+                    )
+                    .await
+                    .expect("send");
+                (s, i, ack.entry.expect("sender entry"))
+            });
+        }
+    }
+    let mut entries = vec![Vec::new(); senders.len()];
+    while let Some((s, i, entry)) = inflight.next().await {
+        entries[s].push((i, entry));
+    }
+    for (s, mut e) in entries.into_iter().enumerate() {
+        e.sort_unstable();
+        let seqs: Vec<u64> = e.iter().map(|(_, entry)| *entry).collect();
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(seqs, sorted, "sender s{s}: entries follow the issue order");
+    }
     cluster.stop().await;
 }
