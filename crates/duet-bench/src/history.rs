@@ -1,7 +1,10 @@
 //! `history`: history page latency while a background load is sent.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -10,7 +13,8 @@ use crate::client::{self, Target, error_kind};
 use crate::fill::{FillSender, fill};
 use crate::load::{self, LoadSpec};
 use crate::online::{pair_up, report};
-use crate::report::Summary;
+use crate::report::{ServerLatency, Summary};
+use crate::scrape::{self, Buckets};
 use crate::stats::Recorder;
 
 /// Shape of a history run.
@@ -40,7 +44,8 @@ pub async fn run(
     // The conversation to page through.
     let reader_name = format!("{}-hr", target.prefix);
     let peer_name = format!("{}-hp", target.prefix);
-    let mut two = client::login_all(target, vec![reader_name, peer_name.clone()], 2).await?;
+    let mut two =
+        client::login_all(target, vec![reader_name.clone(), peer_name.clone()], 2).await?;
     let peer = two.pop().context("peer login")?;
     let reader = two.pop().context("reader login")?;
     let filled = fill(
@@ -54,63 +59,154 @@ pub async fn run(
     .await;
     s.add_errors(filled.errors);
 
-    // The background load.
+    // The reader pages from its own thread and runtime (pinned with the
+    // generator, so still on the generator's core): a device reading
+    // history is not queued behind the load's 20,000 frames a second in
+    // the generator's event loop, so the figure is the server's and the
+    // network's. The reader logs in there again (same device: the
+    // connection above is replaced).
+    drop(reader);
     let users = pair_up(target, "hb", spec.users).await?;
     let stop = Rc::new(Cell::new(false));
-    let warmup = load_spec.warmup;
-    let pager = {
-        let stop = stop.clone();
-        let conn = reader.conn.clone();
-        let page_size = spec.page_size;
-        let pages = spec.pages;
-        let max_paging = spec.max_paging;
-        let gap = (spec.page_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / spec.page_rate));
-        async move {
-            let mut lat = Recorder::new();
-            let mut errors = std::collections::BTreeMap::<String, u64>::new();
-            tokio::time::sleep(warmup).await;
-            let t0 = Instant::now();
-            let mut before = None;
-            for i in 0..pages {
-                if t0.elapsed() > max_paging || stop.get() {
-                    break;
-                }
-                if let Some(gap) = gap {
-                    tokio::time::sleep_until((t0 + gap.mul_f64(i as f64)).into()).await;
-                }
-                let t = Instant::now();
-                match conn.history(&peer_name, before, page_size).await {
-                    Ok((items, complete)) => {
-                        lat.record(t.elapsed());
-                        before = items.iter().map(|i| i.seq).min();
-                        if complete {
-                            before = None;
-                        }
-                    }
-                    Err(e) => {
-                        *errors.entry(error_kind(&e)).or_default() += 1;
-                        before = None;
-                    }
-                }
-            }
-            stop.set(true);
-            (lat, errors, t0.elapsed())
-        }
+    let load_done = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let pager = Pager {
+        server: target.first_server().to_string(),
+        user: reader_name.clone(),
+        sig: target.sig(&reader_name),
+        peer: peer_name.clone(),
+        page_size: spec.page_size,
+        pages: spec.pages,
+        max_paging: spec.max_paging,
+        gap: (spec.page_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / spec.page_rate)),
+        warmup: load_spec.warmup,
+        load_done: load_done.clone(),
     };
-    let (r, (lat, errors, paging)) = tokio::join!(load::run(users, load_spec, stop), pager);
+    let thread = std::thread::Builder::new()
+        .name("history-pager".into())
+        .spawn(move || {
+            let out = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the pager's runtime")
+                .map(|rt| rt.block_on(pager.run()));
+            let _ = tx.send(out);
+        })
+        .context("starting the pager thread")?;
+    let load = async {
+        let r = load::run(users, load_spec, stop.clone()).await;
+        load_done.store(true, Ordering::Relaxed);
+        r
+    };
+    let paged = async {
+        let out = rx.await;
+        stop.set(true);
+        out
+    };
+    let (r, paged) = tokio::join!(load, paged);
+    let _ = thread.join();
+    let paged = paged.context("the pager thread ended without a result")???;
     report(r, s);
-    s.pages = Some(lat.count());
-    s.history_ms = lat.summary();
-    s.add_errors(errors);
-    if lat.count() < spec.pages {
+    s.pages = Some(paged.lat.count());
+    s.history_ms = paged.lat.summary();
+    s.add_errors(paged.errors);
+    if let Some(server) = &paged.server {
+        let ms = |q: f64| server.quantile_bound(q).map(|b| b * 1000.0);
+        s.server_history_ms = Some(ServerLatency {
+            count: server.count(),
+            p50_at_most: ms(0.50),
+            p99_at_most: ms(0.99),
+            within_5ms_pct: server.fraction_within(0.005).map(|f| f * 100.0),
+        });
+    } else {
+        s.notes
+            .push("no server-side history latency (/metrics not readable)".into());
+    }
+    if paged.lat.count() < spec.pages {
         s.notes.push(format!(
             "read {} of {} pages in {:.1} s",
-            lat.count(),
+            paged.lat.count(),
             spec.pages,
-            paging.as_secs_f64()
+            paged.paging.as_secs_f64()
         ));
     }
-    drop(reader);
     drop(peer);
     Ok(())
+}
+
+/// The paging device, run on its own thread.
+struct Pager {
+    server: String,
+    user: String,
+    sig: String,
+    peer: String,
+    page_size: u32,
+    pages: u64,
+    max_paging: Duration,
+    gap: Option<Duration>,
+    warmup: Duration,
+    load_done: Arc<AtomicBool>,
+}
+
+struct Paged {
+    lat: Recorder,
+    errors: BTreeMap<String, u64>,
+    paging: Duration,
+    /// The server's own history latency over the paging window.
+    server: Option<Buckets>,
+}
+
+const HISTORY_SERIES: (&str, &str) = ("duet_request_seconds", "kind=\"history\",");
+
+impl Pager {
+    async fn run(self) -> Result<Paged> {
+        let reader = client::login(&self.server, &self.user, &self.sig)
+            .await
+            .context("pager login")?;
+        let conn = reader.conn;
+        let mut lat = Recorder::new();
+        let mut errors = BTreeMap::<String, u64>::new();
+        tokio::time::sleep(self.warmup).await;
+        let scrape = || async {
+            let text = scrape::get(&self.server, "/metrics").await.ok()?;
+            Some(Buckets::parse(&text, HISTORY_SERIES.0, HISTORY_SERIES.1))
+        };
+        let before = scrape().await;
+        let t0 = Instant::now();
+        let mut cursor = None;
+        for i in 0..self.pages {
+            if t0.elapsed() > self.max_paging || self.load_done.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Some(gap) = self.gap {
+                tokio::time::sleep_until((t0 + gap.mul_f64(i as f64)).into()).await;
+            }
+            let t = Instant::now();
+            match conn.history(&self.peer, cursor, self.page_size).await {
+                Ok((items, complete)) => {
+                    lat.record(t.elapsed());
+                    cursor = items.iter().map(|i| i.seq).min();
+                    if complete {
+                        cursor = None;
+                    }
+                }
+                Err(e) => {
+                    *errors.entry(error_kind(&e)).or_default() += 1;
+                    cursor = None;
+                }
+            }
+        }
+        let paging = t0.elapsed();
+        let after = scrape().await;
+        let server = match (before, after) {
+            (Some(b), Some(a)) => Some(a.since(&b)),
+            _ => None,
+        };
+        Ok(Paged {
+            lat,
+            errors,
+            paging,
+            server,
+        })
+    }
 }

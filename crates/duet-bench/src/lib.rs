@@ -25,6 +25,7 @@ mod offline;
 mod online;
 mod procstat;
 mod report;
+mod scrape;
 mod stats;
 
 use std::collections::BTreeMap;

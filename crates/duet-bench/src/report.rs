@@ -7,6 +7,20 @@ use serde::Serialize;
 
 use crate::stats::Latency;
 
+/// Request latency as the server's `/metrics` histogram saw it: quantiles
+/// are given as the bucket bound that holds them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ServerLatency {
+    /// Requests the server timed in the window.
+    pub count: u64,
+    /// Median is at most this, ms.
+    pub p50_at_most: Option<f64>,
+    /// 99th percentile is at most this, ms.
+    pub p99_at_most: Option<f64>,
+    /// Share answered within 5 ms, %.
+    pub within_5ms_pct: Option<f64>,
+}
+
 /// What a scenario measured. Fields that do not apply to the scenario are
 /// `None` and left out of the JSON.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -131,6 +145,10 @@ pub struct Summary {
     /// `history` → `history_page` round trip, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history_ms: Option<Latency>,
+    /// The same pages as the server timed them (its `/metrics` histogram
+    /// over the paging window: bucket bounds, not exact quantiles).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_history_ms: Option<ServerLatency>,
 
     // --- resources ---
     /// Server CPU in the window, % of one core.
@@ -234,6 +252,19 @@ impl Summary {
         l("e2e latency ms", &self.latency_ms);
         l("ack latency ms", &self.ack_latency_ms);
         l("history page ms", &self.history_ms);
+        if let Some(v) = &self.server_history_ms {
+            let b = |x: Option<f64>| x.map_or("-".to_string(), num);
+            rows.push((
+                "history in server ms",
+                format!(
+                    "p50 ≤ {}  p99 ≤ {}  within 5 ms {}%  (n={})",
+                    b(v.p50_at_most),
+                    b(v.p99_at_most),
+                    b(v.within_5ms_pct),
+                    v.count
+                ),
+            ));
+        }
         let mut u = |name: &'static str, v: Option<u64>| {
             if let Some(v) = v {
                 rows.push((name, int(v)));

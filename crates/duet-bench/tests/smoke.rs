@@ -132,6 +132,13 @@ fn every_scenario_runs_and_accounts_for_every_message() {
     );
     assert_eq!(s.pages, Some(30), "{s:?}");
     assert!(s.history_ms.is_some());
+    // The server timed the same 30 pages (its /metrics over the window).
+    let server_side = s
+        .server_history_ms
+        .as_ref()
+        .expect("server-side history latency");
+    assert_eq!(server_side.count, 30, "{s:?}");
+    assert!(server_side.p99_at_most.is_some(), "{s:?}");
     assert_eq!(s.lost, Some(0), "{s:?}");
     drop(server);
 }

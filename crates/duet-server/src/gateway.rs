@@ -18,6 +18,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::error::ServiceError;
 use crate::hub::{DeviceHandle, Outbound};
+use crate::metrics::RequestKind;
 use crate::service::{SendRequest, Services, frame_text};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -436,12 +437,25 @@ async fn next_sync_frame(
     })
 }
 
+fn request_kind(frame: &ClientFrame) -> RequestKind {
+    match frame {
+        ClientFrame::Send { .. } => RequestKind::Send,
+        ClientFrame::History { .. } => RequestKind::History,
+        ClientFrame::Conversations { .. } => RequestKind::Conversations,
+        ClientFrame::MarkRead { .. } => RequestKind::MarkRead,
+        ClientFrame::Recall { .. } => RequestKind::Recall,
+        _ => RequestKind::Other,
+    }
+}
+
 fn single(services: Arc<Services>, s: &Session, frame: ClientFrame) -> Reply {
     let (user, conn_id) = (s.user.clone(), s.conn_id);
     let send_order = s.send_order.clone();
     Box::pin(
         stream::once(async move {
             let req_id = frame.req_id();
+            let started = std::time::Instant::now();
+            let kind = request_kind(&frame);
             let r: Result<Vec<ServerFrame>, ServiceError> = async {
                 Ok(match frame {
                     ClientFrame::Login { .. } => vec![error_frame(
@@ -539,6 +553,7 @@ fn single(services: Arc<Services>, s: &Session, frame: ClientFrame) -> Reply {
                 })
             }
             .await;
+            services.metrics().request(kind, started.elapsed());
             r.unwrap_or_else(|e| vec![service_error(req_id, &e)])
         })
         .flat_map(stream::iter),

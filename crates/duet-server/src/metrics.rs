@@ -41,21 +41,79 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The series lines only; `labels` is empty or `key="value",`.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
         let mut cum = 0;
         for (b, n) in self.bounds.iter().zip(&self.buckets) {
             cum += n.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{b}\"}} {cum}");
         }
         let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        let bare = labels.trim_end_matches(',');
+        let braces = if bare.is_empty() {
+            String::new()
+        } else {
+            format!("{{{bare}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {sum}\n{name}_count{braces} {count}"
+        );
+    }
+}
+
+/// Client requests timed by the server, from the decoded frame to its reply
+/// (the socket write not included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// `send`.
+    Send,
+    /// `history`.
+    History,
+    /// `conversations`.
+    Conversations,
+    /// `mark_read`.
+    MarkRead,
+    /// `recall`.
+    Recall,
+    /// `ping`, `set_profile`, `logout`.
+    Other,
+}
+
+impl RequestKind {
+    const ALL: [RequestKind; 6] = [
+        RequestKind::Send,
+        RequestKind::History,
+        RequestKind::Conversations,
+        RequestKind::MarkRead,
+        RequestKind::Recall,
+        RequestKind::Other,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RequestKind::Send => "send",
+            RequestKind::History => "history",
+            RequestKind::Conversations => "conversations",
+            RequestKind::MarkRead => "mark_read",
+            RequestKind::Recall => "recall",
+            RequestKind::Other => "other",
+        }
     }
 }
 
 const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 const LATENCY_BOUNDS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+const REQUEST_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
 ];
 
 /// The server's metrics.
@@ -83,6 +141,8 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// Store commit latency, seconds.
     pub commit_latency: Histogram,
+    /// Request latency in the server, seconds, per [`RequestKind`].
+    requests: [Histogram; 6],
 }
 
 impl Default for Metrics {
@@ -99,6 +159,7 @@ impl Default for Metrics {
             swept_rows: AtomicU64::new(0),
             commit_batch: Histogram::new(BATCH_BOUNDS),
             commit_latency: Histogram::new(LATENCY_BOUNDS),
+            requests: RequestKind::ALL.map(|_| Histogram::new(REQUEST_BOUNDS)),
         }
     }
 }
@@ -108,6 +169,16 @@ impl Metrics {
     pub fn commit(&self, jobs: usize, latency: Duration) {
         self.commit_batch.observe(jobs as f64);
         self.commit_latency.observe(latency.as_secs_f64());
+    }
+
+    /// Records how long the server took to answer one request.
+    pub fn request(&self, kind: RequestKind, took: Duration) {
+        self.request_histogram(kind).observe(took.as_secs_f64());
+    }
+
+    /// The latency histogram of one kind of request.
+    pub fn request_histogram(&self, kind: RequestKind) -> &Histogram {
+        &self.requests[kind as usize]
     }
 
     /// Prometheus text exposition.
@@ -193,6 +264,15 @@ impl Metrics {
             "duet_commit_latency_seconds",
             "Store commit latency.",
         );
+        let name = "duet_request_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Client requests, from the decoded frame to the reply (socket write not included).\n# TYPE {name} histogram"
+        );
+        for kind in RequestKind::ALL {
+            let labels = format!("kind=\"{}\",", kind.label());
+            self.requests[kind as usize].render_series(&mut out, name, &labels);
+        }
         out
     }
 }

@@ -226,7 +226,7 @@ impl SqliteStore {
     }
 
     /// Runs `f`, a lookup by key (an account, a head: microseconds, on pages
-    /// that stay cached), right here on the calling task when a point-read
+    /// that stay cached) or one bounded index range (a history page), right here on the calling task when a point-read
     /// connection is free: cheaper than handing it to a blocking thread and
     /// back, which costs two thread switches. Those connections never wait
     /// for a lock; if the database is busy (a recovery after a crash), or all
@@ -382,7 +382,8 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let (user, peer) = (user.to_owned(), peer.to_owned());
-        self.read(move |c| reads::history(c, &user, &peer, before, count))
+        // A page is one index range of at most MAX_HISTORY_PAGE rows.
+        self.point_read(move |c| reads::history(c, &user, &peer, before, count))
             .await
     }
 

@@ -93,7 +93,7 @@ pub(crate) fn history(
     peer: &str,
     before: Option<u64>,
     count: u32,
-) -> StoreResult<Vec<HistoryItem>> {
+) -> rusqlite::Result<Vec<HistoryItem>> {
     const SQL: &str = concat!(
         "SELECT t.seq, ",
         msg_cols!(),
@@ -106,17 +106,15 @@ pub(crate) fn history(
          ORDER BY t.seq DESC LIMIT ?4"
     );
     let before = before.map_or(i64::MAX, sql_u64);
-    conn.prepare_cached(SQL)
-        .and_then(|mut s| {
-            s.query_map(params![user, peer, before, i64::from(count)], |r| {
-                Ok(HistoryItem {
-                    seq: u64_at(r, 0)?,
-                    message: message_at(r, 1)?,
-                })
-            })?
-            .collect()
-        })
-        .map_err(db)
+    conn.prepare_cached(SQL).and_then(|mut s| {
+        s.query_map(params![user, peer, before, i64::from(count)], |r| {
+            Ok(HistoryItem {
+                seq: u64_at(r, 0)?,
+                message: message_at(r, 1)?,
+            })
+        })?
+        .collect()
+    })
 }
 
 pub(crate) fn conversations(

@@ -79,6 +79,7 @@ async fn healthz_and_metrics() {
     b.until_synced().await;
     a.session.send_text("bob", "count me").await.unwrap();
     b.next_message().await;
+    b.session.history("alice", None, 20).await.unwrap();
     let addr = server.url().trim_start_matches("http://").to_string();
     let health = http_get(&addr, "/healthz").await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
@@ -96,6 +97,13 @@ async fn healthz_and_metrics() {
         metrics.contains("duet_commit_latency_seconds_bucket{le=\"+Inf\"}"),
         "{metrics}"
     );
+    // Requests timed by the server, per kind.
+    for (kind, n) in [("send", 1), ("history", 1), ("recall", 0)] {
+        let line = format!("duet_request_seconds_count{{kind=\"{kind}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+        let inf = format!("duet_request_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {n}");
+        assert!(metrics.contains(&inf), "{inf} in {metrics}");
+    }
 }
 
 async fn http_get(addr: &str, path: &str) -> String {

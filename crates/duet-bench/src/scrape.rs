@@ -1,0 +1,179 @@
+//! The server's own view: request latency histograms read from `/metrics`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// GETs `path` from a server base URL (`http://host:port`) and returns the body.
+pub async fn get(server: &str, path: &str) -> Result<String> {
+    let host = server
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let mut s = TcpStream::connect(host)
+        .await
+        .with_context(|| format!("connecting to {host}"))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let text = String::from_utf8(raw).context("non-UTF-8 response")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("response without a header end")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.to_string())
+}
+
+/// Cumulative bucket counts of one histogram series, by upper bound.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Buckets {
+    /// (upper bound, cumulative count), ascending; the last bound is +Inf.
+    pub cumulative: Vec<(f64, u64)>,
+}
+
+impl Buckets {
+    /// The series `name{labels...,le="…"}` in a Prometheus text body;
+    /// `labels` is empty or `key="value",`.
+    pub fn parse(text: &str, name: &str, labels: &str) -> Buckets {
+        let prefix = format!("{name}_bucket{{{labels}le=\"");
+        let mut by_bound = BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((le, count)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                match le.parse::<f64>() {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                }
+            };
+            if let Ok(n) = count.trim().parse::<u64>() {
+                by_bound.insert(OrdF64(bound), n);
+            }
+        }
+        Buckets {
+            cumulative: by_bound.into_iter().map(|(b, n)| (b.0, n)).collect(),
+        }
+    }
+
+    /// What was observed between `earlier` and `self`.
+    pub fn since(&self, earlier: &Buckets) -> Buckets {
+        let before: BTreeMap<OrdF64, u64> = earlier
+            .cumulative
+            .iter()
+            .map(|(b, n)| (OrdF64(*b), *n))
+            .collect();
+        Buckets {
+            cumulative: self
+                .cumulative
+                .iter()
+                .map(|(b, n)| {
+                    let was = before.get(&OrdF64(*b)).copied().unwrap_or(0);
+                    (*b, n.saturating_sub(was))
+                })
+                .collect(),
+        }
+    }
+
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.cumulative.last().map_or(0, |(_, n)| *n)
+    }
+
+    /// The smallest bucket bound that holds at least fraction `q` of the
+    /// observations (an upper bound of that quantile), in the unit of the
+    /// histogram; `None` if empty.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let need = (q * total as f64).ceil() as u64;
+        self.cumulative
+            .iter()
+            .find(|(_, n)| *n >= need)
+            .map(|(b, _)| *b)
+    }
+
+    /// Fraction of observations at or under `bound` (a bucket bound).
+    pub fn fraction_within(&self, bound: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let n = self
+            .cumulative
+            .iter()
+            .take_while(|(b, _)| *b <= bound)
+            .last()
+            .map_or(0, |(_, n)| *n);
+        Some(n as f64 / total as f64)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrdF64(f64);
+
+impl Eq for OrdF64 {}
+
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdF64 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "\
+# TYPE duet_request_seconds histogram
+duet_request_seconds_bucket{kind=\"send\",le=\"0.001\"} 7
+duet_request_seconds_bucket{kind=\"send\",le=\"+Inf\"} 9
+duet_request_seconds_bucket{kind=\"history\",le=\"0.001\"} 90
+duet_request_seconds_bucket{kind=\"history\",le=\"0.005\"} 99
+duet_request_seconds_bucket{kind=\"history\",le=\"0.01\"} 100
+duet_request_seconds_bucket{kind=\"history\",le=\"+Inf\"} 100
+";
+
+    #[test]
+    fn parses_one_series_and_bounds_its_quantiles() {
+        let h = Buckets::parse(TEXT, "duet_request_seconds", "kind=\"history\",");
+        assert_eq!(h.count(), 100);
+        assert_eq!(h.quantile_bound(0.5), Some(0.001));
+        assert_eq!(h.quantile_bound(0.99), Some(0.005));
+        assert_eq!(h.quantile_bound(0.999), Some(0.01));
+        assert_eq!(h.fraction_within(0.005), Some(0.99));
+        let s = Buckets::parse(TEXT, "duet_request_seconds", "kind=\"send\",");
+        assert_eq!(s.count(), 9);
+    }
+
+    #[test]
+    fn since_subtracts_an_earlier_scrape() {
+        let later = Buckets::parse(TEXT, "duet_request_seconds", "kind=\"history\",");
+        let earlier = Buckets {
+            cumulative: vec![(0.001, 80), (0.005, 80), (0.01, 80), (f64::INFINITY, 80)],
+        };
+        let d = later.since(&earlier);
+        assert_eq!(d.count(), 20);
+        assert_eq!(d.quantile_bound(0.5), Some(0.001));
+        assert_eq!(d.quantile_bound(0.95), Some(0.005));
+        assert_eq!(Buckets::default().quantile_bound(0.5), None);
+    }
+}
