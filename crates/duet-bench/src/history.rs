@@ -12,8 +12,8 @@ use anyhow::{Context, Result};
 use crate::client::{self, Target, error_kind};
 use crate::fill::{FillSender, fill};
 use crate::load::{self, LoadSpec};
-use crate::online::{pair_up, report};
-use crate::report::{ServerLatency, Summary};
+use crate::online::{pair_up, report, server_latency};
+use crate::report::Summary;
 use crate::scrape::{self, Buckets};
 use crate::stats::Recorder;
 
@@ -111,13 +111,7 @@ pub async fn run(
     s.history_ms = paged.lat.summary();
     s.add_errors(paged.errors);
     if let Some(server) = &paged.server {
-        let ms = |q: f64| server.quantile_bound(q).map(|b| b * 1000.0);
-        s.server_history_ms = Some(ServerLatency {
-            count: server.count(),
-            p50_at_most: ms(0.50),
-            p99_at_most: ms(0.99),
-            within_5ms_pct: server.fraction_within(0.005).map(|f| f * 100.0),
-        });
+        s.server_history_ms = Some(server_latency(server));
     } else {
         s.notes
             .push("no server-side history latency (/metrics not readable)".into());

@@ -8,7 +8,8 @@ use anyhow::{Result, bail};
 
 use crate::client::{self, Client, Target};
 use crate::load::{self, LoadResult, LoadSpec, LoadUser};
-use crate::report::Summary;
+use crate::report::{ServerLatency, Summary};
+use crate::scrape::{self, Buckets};
 
 /// Logs in `count` users `<prefix>-<tag><i>` and pairs them (0↔1, 2↔3, …).
 pub async fn pair_up(target: &Target, tag: &str, count: usize) -> Result<Vec<LoadUser>> {
@@ -33,6 +34,20 @@ pub async fn pair_up(target: &Target, tag: &str, count: usize) -> Result<Vec<Loa
         });
     }
     Ok(users)
+}
+
+/// The server's histogram of `send` requests.
+const SEND_SERIES: (&str, &str) = ("duet_request_seconds", "kind=\"send\",");
+
+/// A server histogram as the summary reports it, in ms.
+pub fn server_latency(h: &Buckets) -> ServerLatency {
+    let ms = |q: f64| h.quantile_bound(q).map(|b| b * 1000.0);
+    ServerLatency {
+        count: h.count(),
+        p50_at_most: ms(0.50),
+        p99_at_most: ms(0.99),
+        within_5ms_pct: h.fraction_within(0.005).map(|f| f * 100.0),
+    }
 }
 
 /// Copies a load result into the summary.
@@ -72,7 +87,24 @@ pub fn report(r: LoadResult, s: &mut Summary) {
 /// Runs the scenario.
 pub async fn run(target: &Target, users: usize, spec: &LoadSpec, s: &mut Summary) -> Result<()> {
     let users = pair_up(target, "o", users).await?;
-    let r = load::run(users, spec, Rc::new(Cell::new(false))).await;
+    // The server's own send latency, from the end of the warm-up to the end
+    // of the run (its /metrics histogram, every node summed).
+    let (name, labels) = SEND_SERIES;
+    let warmup = spec.warmup;
+    let before = async {
+        tokio::time::sleep(warmup).await;
+        scrape::series(&target.server, name, labels).await
+    };
+    let (r, before) = tokio::join!(load::run(users, spec, Rc::new(Cell::new(false))), before);
+    let after = scrape::series(&target.server, name, labels).await;
     report(r, s);
+    s.server_send_ms = match (before, after) {
+        (Some(b), Some(a)) => Some(server_latency(&a.since(&b))),
+        _ => {
+            s.notes
+                .push("no server-side send latency (/metrics not readable)".into());
+            None
+        }
+    };
     Ok(())
 }

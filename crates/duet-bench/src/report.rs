@@ -145,6 +145,10 @@ pub struct Summary {
     /// `history` → `history_page` round trip, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history_ms: Option<Latency>,
+    /// Sends as the server timed them (decoded frame → ack ready, durable),
+    /// from the end of the warm-up to the end of the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_send_ms: Option<ServerLatency>,
     /// The same pages as the server timed them (its `/metrics` histogram
     /// over the paging window: bucket bounds, not exact quantiles).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -252,18 +256,23 @@ impl Summary {
         l("e2e latency ms", &self.latency_ms);
         l("ack latency ms", &self.ack_latency_ms);
         l("history page ms", &self.history_ms);
-        if let Some(v) = &self.server_history_ms {
-            let b = |x: Option<f64>| x.map_or("-".to_string(), num);
-            rows.push((
-                "history in server ms",
-                format!(
-                    "p50 ≤ {}  p99 ≤ {}  within 5 ms {}%  (n={})",
-                    b(v.p50_at_most),
-                    b(v.p99_at_most),
-                    b(v.within_5ms_pct),
-                    v.count
-                ),
-            ));
+        for (name, v) in [
+            ("send in server ms", &self.server_send_ms),
+            ("history in server ms", &self.server_history_ms),
+        ] {
+            if let Some(v) = v {
+                let b = |x: Option<f64>| x.map_or("-".to_string(), num);
+                rows.push((
+                    name,
+                    format!(
+                        "p50 ≤ {}  p99 ≤ {}  within 5 ms {}%  (n={})",
+                        b(v.p50_at_most),
+                        b(v.p99_at_most),
+                        b(v.within_5ms_pct),
+                        v.count
+                    ),
+                ));
+            }
         }
         let mut u = |name: &'static str, v: Option<u64>| {
             if let Some(v) = v {

@@ -29,6 +29,17 @@ pub async fn get(server: &str, path: &str) -> Result<String> {
     Ok(body.to_string())
 }
 
+/// One series summed over every node of `servers` (comma-separated base
+/// URLs); `None` if a node's `/metrics` cannot be read.
+pub async fn series(servers: &str, name: &str, labels: &str) -> Option<Buckets> {
+    let mut sum = Buckets::default();
+    for node in servers.split(',').map(str::trim) {
+        let text = get(node, "/metrics").await.ok()?;
+        sum = sum.plus(&Buckets::parse(&text, name, labels));
+    }
+    Some(sum)
+}
+
 /// Cumulative bucket counts of one histogram series, by upper bound.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Buckets {
@@ -60,6 +71,17 @@ impl Buckets {
             if let Ok(n) = count.trim().parse::<u64>() {
                 by_bound.insert(OrdF64(bound), n);
             }
+        }
+        Buckets {
+            cumulative: by_bound.into_iter().map(|(b, n)| (b.0, n)).collect(),
+        }
+    }
+
+    /// Both series added bucket by bucket (the same histogram on two nodes).
+    pub fn plus(&self, other: &Buckets) -> Buckets {
+        let mut by_bound: BTreeMap<OrdF64, u64> = BTreeMap::new();
+        for (b, n) in self.cumulative.iter().chain(&other.cumulative) {
+            *by_bound.entry(OrdF64(*b)).or_default() += n;
         }
         Buckets {
             cumulative: by_bound.into_iter().map(|(b, n)| (b.0, n)).collect(),
@@ -175,5 +197,14 @@ duet_request_seconds_bucket{kind=\"history\",le=\"+Inf\"} 100
         assert_eq!(d.quantile_bound(0.5), Some(0.001));
         assert_eq!(d.quantile_bound(0.95), Some(0.005));
         assert_eq!(Buckets::default().quantile_bound(0.5), None);
+    }
+
+    #[test]
+    fn plus_adds_two_nodes() {
+        let h = Buckets::parse(TEXT, "duet_request_seconds", "kind=\"history\",");
+        let two = h.plus(&h);
+        assert_eq!(two.count(), 200);
+        assert_eq!(two.quantile_bound(0.99), Some(0.005));
+        assert_eq!(Buckets::default().plus(&h), h);
     }
 }

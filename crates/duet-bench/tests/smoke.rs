@@ -84,6 +84,10 @@ fn every_scenario_runs_and_accounts_for_every_message() {
         "{s:?}"
     );
     assert!(s.client_cpu_pct.is_some());
+    // The server timed the sends too (its /metrics over the measured run).
+    let server_side = s.server_send_ms.as_ref().expect("server-side send latency");
+    assert!(server_side.count > 200, "{s:?}");
+    assert!(server_side.p99_at_most.is_some(), "{s:?}");
 
     let s = bench(
         &url,
