@@ -161,10 +161,8 @@ impl Pager {
         let mut lat = Recorder::new();
         let mut errors = BTreeMap::<String, u64>::new();
         tokio::time::sleep(self.warmup).await;
-        let scrape = || async {
-            let text = scrape::get(&self.server, "/metrics").await.ok()?;
-            Some(Buckets::parse(&text, HISTORY_SERIES.0, HISTORY_SERIES.1))
-        };
+        let (name, labels) = HISTORY_SERIES;
+        let scrape = || scrape::series(&self.server, name, labels);
         let before = scrape().await;
         let t0 = Instant::now();
         let mut cursor = None;

@@ -142,7 +142,7 @@ pub struct Metrics {
     /// Store commit latency, seconds.
     pub commit_latency: Histogram,
     /// Request latency in the server, seconds, per [`RequestKind`].
-    requests: [Histogram; 6],
+    requests: [Histogram; RequestKind::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -173,12 +173,7 @@ impl Metrics {
 
     /// Records how long the server took to answer one request.
     pub fn request(&self, kind: RequestKind, took: Duration) {
-        self.request_histogram(kind).observe(took.as_secs_f64());
-    }
-
-    /// The latency histogram of one kind of request.
-    pub fn request_histogram(&self, kind: RequestKind) -> &Histogram {
-        &self.requests[kind as usize]
+        self.requests[kind as usize].observe(took.as_secs_f64());
     }
 
     /// Prometheus text exposition.

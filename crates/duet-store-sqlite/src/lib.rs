@@ -226,9 +226,10 @@ impl SqliteStore {
     }
 
     /// Runs `f`, a lookup by key (an account, a head: microseconds, on pages
-    /// that stay cached) or one bounded index range (a history page), right here on the calling task when a point-read
-    /// connection is free: cheaper than handing it to a blocking thread and
-    /// back, which costs two thread switches. Those connections never wait
+    /// that stay cached) or one bounded index range (a history page), right
+    /// here on the calling task when a point-read connection is free: cheaper
+    /// than handing it to a blocking thread and back, which costs two thread
+    /// switches. Those connections never wait
     /// for a lock; if the database is busy (a recovery after a crash), or all
     /// of them are taken, the lookup runs on a blocking thread instead.
     async fn point_read<T, F>(&self, f: F) -> StoreResult<T>

@@ -717,22 +717,31 @@ mod tests {
         Ok(())
     }
 
+    /// Holds the writer thread in a job (one queue place taken) until the
+    /// returned sender is used; the handle ends when that job has committed.
+    async fn hold(
+        writer: &Arc<Writer>,
+    ) -> (mpsc::Sender<()>, tokio::task::JoinHandle<StoreResult<()>>) {
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        let writer = Arc::clone(writer);
+        let held = tokio::spawn(async move {
+            writer
+                .write((started_tx, Mutex::new(release_rx)), gate)
+                .await
+                .map(|_| ())
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv())
+            .await
+            .expect("join")
+            .expect("the gate runs");
+        (release_tx, held)
+    }
+
     impl Fixture {
         /// Runs `jobs` (each enqueued in order) in one batch; returns their results.
         async fn one_batch<T: Send + 'static>(&self, jobs: Vec<Boxed<T>>) -> Vec<T> {
-            let (started_tx, started_rx) = mpsc::channel();
-            let (release_tx, release_rx) = mpsc::channel();
-            let writer = Arc::clone(&self.writer);
-            let held = tokio::spawn(async move {
-                writer
-                    .write((started_tx, Mutex::new(release_rx)), gate)
-                    .await
-                    .map(|_| ())
-            });
-            tokio::task::spawn_blocking(move || started_rx.recv())
-                .await
-                .expect("join")
-                .expect("the gate runs");
+            let (release_tx, held) = hold(&self.writer).await;
             let before = self.batches.sizes.lock().expect("sizes").len();
             let n = jobs.len();
             let mut handles = Vec::new();
@@ -807,19 +816,7 @@ mod tests {
     async fn a_full_queue_refuses_at_once() {
         let f = open_with_queue(tempfile::TempDir::new().expect("dir"), 16, 1 << 26, 4);
         // The gate holds the writer with one place taken; three more fill the queue.
-        let (started_tx, started_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel();
-        let writer = Arc::clone(&f.writer);
-        let held = tokio::spawn(async move {
-            writer
-                .write((started_tx, Mutex::new(release_rx)), gate)
-                .await
-                .map(|_| ())
-        });
-        tokio::task::spawn_blocking(move || started_rx.recv())
-            .await
-            .expect("join")
-            .expect("the gate runs");
+        let (release_tx, held) = hold(&f.writer).await;
         let mut queued = Vec::new();
         for k in 1..=3 {
             queued.push(job(k, insert_ok)(Arc::clone(&f.writer)));

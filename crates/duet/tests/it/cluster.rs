@@ -1,7 +1,6 @@
 //! Three nodes on one PostgreSQL schema, joined by the NATS bus (the real
 //! servers on 127.0.0.1:5432 and :4222; the test fails if they are missing).
 
-use duet_proto::MsgElem;
 use duet_sdk::Event;
 use duet_testkit::TestCluster;
 
@@ -163,8 +162,6 @@ async fn presence_is_shared_across_nodes_and_expires_with_a_dead_node() {
 /// keeps them in line).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_sends_on_postgres_keep_their_order() {
-    use futures_util::StreamExt;
-    use futures_util::stream::FuturesUnordered;
     let cluster = TestCluster::start(1).await;
     let node = cluster.node(0);
     let (_bob, _) = node.login_raw("bob", "d").await;
@@ -172,33 +169,6 @@ async fn pipelined_sends_on_postgres_keep_their_order() {
     for s in 0..4 {
         senders.push(node.login_raw(&format!("s{s}"), "d").await.0);
     }
-    let mut inflight = FuturesUnordered::new();
-    for i in 0..40u32 {
-        for (s, conn) in senders.iter().enumerate() {
-            let conn = conn.clone();
-            inflight.push(async move {
-                let ack = conn
-                    .send(
-                        "bob",
-                        vec![MsgElem::text(format!("{i}"))],
-                        Default::default(),
-                    )
-                    .await
-                    .expect("send");
-                (s, i, ack.entry.expect("sender entry"))
-            });
-        }
-    }
-    let mut entries = vec![Vec::new(); senders.len()];
-    while let Some((s, i, entry)) = inflight.next().await {
-        entries[s].push((i, entry));
-    }
-    for (s, mut e) in entries.into_iter().enumerate() {
-        e.sort_unstable();
-        let seqs: Vec<u64> = e.iter().map(|(_, entry)| *entry).collect();
-        let mut sorted = seqs.clone();
-        sorted.sort_unstable();
-        assert_eq!(seqs, sorted, "sender s{s}: entries follow the issue order");
-    }
+    crate::delivery::assert_sends_commit_in_issue_order(&senders, 40).await;
     cluster.stop().await;
 }

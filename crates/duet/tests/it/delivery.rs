@@ -1,7 +1,7 @@
 //! Live delivery, offline sync, multi-device, idempotent retries.
 
 use duet_proto::MsgElem;
-use duet_sdk::{Event, SendOptions};
+use duet_sdk::{Connection, Event, SendOptions};
 use duet_testkit::TestServer;
 
 fn texts(msgs: &[duet_proto::Message]) -> Vec<String> {
@@ -391,16 +391,23 @@ async fn many_pipelining_senders_each_keep_their_order() {
 /// (tokio's cooperative budgeting used to let later sends overtake).
 #[tokio::test(flavor = "current_thread")]
 async fn sends_issued_from_one_task_commit_in_issue_order() {
-    use futures_util::StreamExt;
-    use futures_util::stream::FuturesUnordered;
     let server = TestServer::start().await;
     let (_bob, _) = server.login_raw("bob", "d").await;
     let mut senders = Vec::new();
     for s in 0..10 {
         senders.push(server.login_raw(&format!("s{s}"), "d").await.0);
     }
+    assert_sends_commit_in_issue_order(&senders, 60).await;
+}
+
+/// Sends `per_sender` messages to bob from every connection, all in flight
+/// at once from this task, and checks that each connection's sends got
+/// sender entries in the order they were issued.
+pub(crate) async fn assert_sends_commit_in_issue_order(senders: &[Connection], per_sender: u32) {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
     let mut inflight = FuturesUnordered::new();
-    for i in 0..60u32 {
+    for i in 0..per_sender {
         for (s, conn) in senders.iter().enumerate() {
             let conn = conn.clone();
             inflight.push(async move {
