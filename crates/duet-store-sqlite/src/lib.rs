@@ -155,8 +155,6 @@ pub struct SqliteStore {
     /// Connections for point lookups run on the calling task (see
     /// [`SqliteStore::point_read`]).
     point: Mutex<Vec<Connection>>,
-    /// Where the retention sweep's walk over `conversations` goes on.
-    sweep_after: Mutex<Option<(i64, i64)>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -201,7 +199,6 @@ impl SqliteStore {
                 idle: Mutex::new(idle),
                 permits: Arc::new(Semaphore::new(readers)),
             }),
-            sweep_after: Mutex::new(None),
             point: Mutex::new(point),
         })
     }
@@ -425,21 +422,9 @@ impl Store for SqliteStore {
     }
 
     async fn sweep(&self, cutoff_ms: u64, chunk: u32) -> StoreResult<SweepReport> {
-        let after = *self
-            .sweep_after
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let req = Sweep {
-            cutoff_ms,
-            chunk,
-            after,
-        };
-        let (_, swept) = self.write(req, writes::sweep).await?;
-        // Moved only once the call committed.
-        *self
-            .sweep_after
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = swept.after;
-        Ok(swept.report)
+        let (_, report) = self
+            .write(Sweep { cutoff_ms, chunk }, writes::sweep)
+            .await?;
+        Ok(report)
     }
 }

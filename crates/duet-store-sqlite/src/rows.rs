@@ -12,6 +12,11 @@ pub(crate) const KIND_RECALL: i64 = 1;
 /// Timeline entry kind: a read report (`payload` is a [`ReadReport`]).
 pub(crate) const KIND_READ: i64 = 2;
 
+/// Message entry flag: a received message that counts as unread.
+pub(crate) const ENTRY_UNREAD: i64 = 1;
+/// Message entry flag: sent with no-last-msg (not its view's last message).
+pub(crate) const ENTRY_NO_LAST: i64 = 2;
+
 /// The message columns read by [`message_at`], from table alias `m`.
 macro_rules! msg_cols {
     () => {

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use crate::db;
 
 /// Migrations, applied in order; migration `i` brings `user_version` to `i + 1`.
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4];
 
 /// Migration 1: the whole schema.
 ///
@@ -191,6 +191,62 @@ CREATE INDEX timeline_history ON timeline (uid, peer_uid, seq, msg_id) WHERE kin
 CREATE INDEX timeline_events ON timeline (ts) WHERE kind <> 0;
 ";
 
+/// Migration 4: conversation views derived from the timeline. Each message
+/// updated a `conversations` row on both sides (an `UPDATE` each, or an
+/// `INSERT` for a first message): a quarter of the writer's instructions per
+/// message. A view's last message, last time and unread count are all in
+/// the history index already, so the writer no longer keeps them:
+///
+/// - message entries get `flags`: [`ENTRY_UNREAD`](crate::rows::ENTRY_UNREAD)
+///   on a received message that counts as unread,
+///   [`ENTRY_NO_LAST`](crate::rows::ENTRY_NO_LAST) on a message sent with
+///   no-last-msg; `timeline_history` covers them;
+/// - a user's conversations are the peers in `timeline_history`; the last
+///   message is the newest entry without `ENTRY_NO_LAST` (or, if every one
+///   has it, the first entry, with no last message, as before); unread is the
+///   `ENTRY_UNREAD` entries after the view's `read_seq`, capped;
+/// - `conversation_state` keeps what is not derived: `read_seq` (entries up
+///   to it are read), `read_time`, `peer_read_time`; written by read
+///   reports only, removed with the view's last entry by the sweep.
+///
+/// Data is carried over: a received message entry is marked unread-counting
+/// (no-unread was not recorded: such an entry counts again only if it sits
+/// after the old unread count's cut), entries after a view's `last_seq` are
+/// marked no-last-msg (only those could come after it), and `read_seq` is put
+/// where the old unread count puts it.
+const MIGRATION_4: &str = "
+ALTER TABLE timeline ADD COLUMN flags INTEGER NOT NULL DEFAULT 0;
+DROP INDEX timeline_history;
+UPDATE timeline SET flags = 1
+    WHERE kind = 0 AND EXISTS (
+        SELECT 1 FROM messages m
+        WHERE m.msg_id = timeline.msg_id AND m.receiver_uid = timeline.uid
+          AND m.recipient_seq = timeline.seq AND m.sender_uid <> m.receiver_uid);
+UPDATE timeline SET flags = flags | 2
+    WHERE kind = 0 AND seq > (
+        SELECT c.last_seq FROM conversations c
+        WHERE c.uid = timeline.uid AND c.peer_uid = timeline.peer_uid);
+CREATE INDEX timeline_history ON timeline (uid, peer_uid, seq, msg_id, flags) WHERE kind = 0;
+CREATE TABLE conversation_state (
+    uid            INTEGER NOT NULL,
+    peer_uid       INTEGER NOT NULL,
+    read_seq       INTEGER NOT NULL DEFAULT 0,
+    read_time      INTEGER NOT NULL DEFAULT 0,
+    peer_read_time INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (uid, peer_uid)
+) WITHOUT ROWID;
+INSERT INTO conversation_state (uid, peer_uid, read_seq, read_time, peer_read_time)
+    SELECT c.uid, c.peer_uid, COALESCE(r.seq, 0), c.read_time, c.peer_read_time
+    FROM conversations c
+    LEFT JOIN (SELECT uid, peer_uid, seq,
+                      ROW_NUMBER() OVER (PARTITION BY uid, peer_uid ORDER BY seq DESC) AS rn
+               FROM timeline WHERE kind = 0 AND (flags & 1) <> 0) r
+      ON r.uid = c.uid AND r.peer_uid = c.peer_uid AND r.rn = c.unread + 1
+    WHERE EXISTS (SELECT 1 FROM timeline t
+                  WHERE t.uid = c.uid AND t.peer_uid = c.peer_uid AND t.kind = 0);
+DROP TABLE conversations;
+";
+
 const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 /// Page cache per reader connection, in KiB (negative `cache_size`).
 const CACHE_KIB: i64 = 32 * 1024;
@@ -338,7 +394,8 @@ mod tests {
     }
 
     /// A database made by a build that knew only migration 1 is brought up
-    /// to date: its data and epoch are kept, the conversation indexes go.
+    /// to date: its epoch is kept, the conversation indexes go, and so does a
+    /// view without messages (views are derived from the timeline now).
     #[test]
     fn a_version_1_database_migrates() {
         let dir = tempfile::TempDir::new().expect("temp dir");
@@ -372,16 +429,25 @@ mod tests {
             vec!["messages_time", "timeline_events", "timeline_history"],
             "only the indexes the write path keeps"
         );
-        let unread: i64 = conn
-            .query_row(
-                "SELECT c.unread FROM conversations c \
-                 JOIN accounts a ON a.uid = c.uid AND a.user_id = 'alice' \
-                 JOIN accounts p ON p.uid = c.peer_uid AND p.user_id = 'bob'",
-                [],
-                |r| r.get(0),
-            )
-            .expect("the conversation is kept");
-        assert_eq!(unread, 2);
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("tables");
+        assert_eq!(
+            tables,
+            vec![
+                "accounts",
+                "conversation_state",
+                "messages",
+                "meta",
+                "timeline"
+            ],
+            "conversation views are derived from the timeline (migration 4)"
+        );
+        let kept: i64 = conn
+            .query_row("SELECT count(*) FROM conversation_state", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(kept, 0, "a view without messages is not carried over");
         // Migrating again changes nothing.
         assert_eq!(migrate(&mut conn).expect("migrate again"), "e1");
     }
@@ -554,6 +620,116 @@ mod upgrade_tests {
                         .is_empty()
                 );
             }
+            store.close();
+        });
+    }
+}
+
+#[cfg(test)]
+mod derived_views_tests {
+    //! Migration 4 on a version-3 database: the conversation views it
+    //! derives show what the old `conversations` rows said.
+
+    use duet_proto::MsgElem;
+    use duet_store::{NewMessage, SenderCopy, Store};
+
+    use super::*;
+    use crate::{SqliteOptions, SqliteStore};
+
+    /// Bob sent alice four messages (alice read the first; the fourth was
+    /// sent with no-last-msg), and alice sent bob one with no-last-msg.
+    const V3_DATA: &str = r#"
+        INSERT INTO meta (key, value) VALUES ('epoch', 'e3');
+        INSERT INTO accounts (uid, user_id, nick, face_url, created_ms, head) VALUES
+            (1, 'alice', '', '', 1, 5), (2, 'bob', 'Bo', '', 1, 5);
+        INSERT INTO messages (msg_id, sender_uid, receiver_uid, sender, receiver, msg_seq,
+                              msg_random, msg_time, body, cloud_custom_data, nick, face_url,
+                              flags, sender_seq, recipient_seq) VALUES
+            (1, 2, 1, 'bob', 'alice', 1, 1, 1700000001, '[{"MsgType":"TIMTextElem","MsgContent":{"Text":"m1"}}]', '', 'Bo', '', 0, 1, 1),
+            (2, 2, 1, 'bob', 'alice', 2, 2, 1700000002, '[{"MsgType":"TIMTextElem","MsgContent":{"Text":"m2"}}]', '', 'Bo', '', 0, 2, 2),
+            (3, 2, 1, 'bob', 'alice', 3, 3, 1700000003, '[{"MsgType":"TIMTextElem","MsgContent":{"Text":"m3"}}]', '', 'Bo', '', 0, 3, 3),
+            (4, 2, 1, 'bob', 'alice', 4, 4, 1700000004, '[{"MsgType":"TIMTextElem","MsgContent":{"Text":"m4"}}]', '', 'Bo', '', 0, 4, 4),
+            (5, 1, 2, 'alice', 'bob', 5, 5, 1700000005, '[{"MsgType":"TIMTextElem","MsgContent":{"Text":"a5"}}]', '', '', '', 0, 5, 5);
+        INSERT INTO timeline (uid, seq, ts, kind, peer_uid, msg_id, payload) VALUES
+            (1, 1, 1700000001000, 0, 2, 1, NULL), (2, 1, 1700000001000, 0, 1, 1, NULL),
+            (1, 2, 1700000002000, 0, 2, 2, NULL), (2, 2, 1700000002000, 0, 1, 2, NULL),
+            (1, 3, 1700000003000, 0, 2, 3, NULL), (2, 3, 1700000003000, 0, 1, 3, NULL),
+            (1, 4, 1700000004000, 0, 2, 4, NULL), (2, 4, 1700000004000, 0, 1, 4, NULL),
+            (1, 5, 1700000005000, 0, 2, 5, NULL), (2, 5, 1700000005000, 0, 1, 5, NULL);
+        INSERT INTO conversations (uid, peer_uid, last_msg_id, last_time, last_seq, unread,
+                                   read_time, peer_read_time) VALUES
+            (1, 2, 3, 1700000003, 3, 3, 1700000001, 0),
+            (2, 1, 3, 1700000003, 3, 1, 0, 1700000001);
+        PRAGMA user_version = 3;
+    "#;
+
+    #[test]
+    fn a_version_3_database_keeps_its_views() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let path = dir.path().join("duet.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            for sql in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).expect("migrations 1-3");
+            }
+            conn.execute_batch(V3_DATA).expect("version 3 data");
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let store = SqliteStore::open(SqliteOptions::new(&path)).expect("open v3 store");
+            assert_eq!(store.epoch(), "e3");
+            let text = |c: &duet_proto::Conversation| {
+                c.last_message
+                    .as_ref()
+                    .and_then(|m| m.body.first())
+                    .and_then(MsgElem::as_text)
+                    .map(str::to_owned)
+            };
+            let alice = store.conversations("alice", 0, 10).await.expect("alice");
+            assert_eq!(alice.len(), 1);
+            let a = &alice[0];
+            assert_eq!(a.peer, "bob");
+            assert_eq!(
+                (text(a).as_deref(), a.last_time),
+                (Some("m3"), 1_700_000_003),
+                "the last message stays m3: m4 and a5 were sent with no-last-msg"
+            );
+            assert_eq!(a.unread, 3, "the old unread count is kept");
+            assert_eq!((a.read_time, a.peer_read_time), (1_700_000_001, 0));
+            let b = &store.conversations("bob", 0, 10).await.expect("bob")[0];
+            assert_eq!((text(b).as_deref(), b.unread), (Some("m3"), 1));
+            assert_eq!(b.peer_read_time, 1_700_000_001);
+
+            // Alice reads: zero; bob's next message counts from there and
+            // becomes the last message.
+            store
+                .mark_read("alice", "bob", 1_700_000_006, 1_700_000_006_000)
+                .await
+                .expect("mark read");
+            let body = vec![MsgElem::text("m6")];
+            store
+                .send(NewMessage {
+                    from: "bob".into(),
+                    to: "alice".into(),
+                    msg_seq: 6,
+                    msg_random: 6,
+                    msg_time: 1_700_000_007,
+                    body_json: serde_json::to_string(&body).expect("json"),
+                    body,
+                    cloud_custom_data: String::new(),
+                    sender_copy: SenderCopy::Timeline,
+                    no_unread: false,
+                    no_last_msg: false,
+                    now_ms: 1_700_000_007_000,
+                })
+                .await
+                .expect("send");
+            let a = &store.conversations("alice", 0, 10).await.expect("alice")[0];
+            assert_eq!((text(a).as_deref(), a.unread), (Some("m6"), 1));
+            assert_eq!(a.read_time, 1_700_000_006);
             store.close();
         });
     }

@@ -20,11 +20,12 @@ use duet_store::{
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::accounts::AccountState;
+use crate::db;
 use crate::rows::{
-    KIND_MESSAGE, KIND_READ, KIND_RECALL, account_at, message_at, msg_cols, sql_u64, u64_at,
+    ENTRY_NO_LAST, ENTRY_UNREAD, KIND_MESSAGE, KIND_READ, KIND_RECALL, account_at, message_at,
+    msg_cols, sql_u64, u64_at,
 };
 use crate::writer::Tx;
-use crate::{UNREAD_CAP, db};
 
 const SELECT_ACCOUNT: &str =
     "SELECT user_id, nick, face_url, created_ms, head FROM accounts WHERE user_id = ?1";
@@ -141,11 +142,21 @@ fn insert_message_entry(
     ts: u64,
     peer_uid: i64,
     msg_id: i64,
+    flags: i64,
 ) -> StoreResult<()> {
     tx.stmt(
-        "INSERT INTO timeline (uid, seq, ts, kind, peer_uid, msg_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO timeline (uid, seq, ts, kind, peer_uid, msg_id, flags) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![uid, sql_u64(seq), sql_u64(ts), KIND_MESSAGE, peer_uid, msg_id])
+    .execute(params![
+        uid,
+        sql_u64(seq),
+        sql_u64(ts),
+        KIND_MESSAGE,
+        peer_uid,
+        msg_id,
+        flags
+    ])
     .map_err(db)?;
     Ok(())
 }
@@ -163,56 +174,6 @@ fn insert_payload_entry(
         "INSERT INTO timeline (uid, seq, ts, kind, peer_uid, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
     .and_then(|mut s| s.execute(params![uid, sql_u64(seq), sql_u64(ts), kind, peer_uid, payload]))
-    .map_err(db)?;
-    Ok(())
-}
-
-/// Updates `user`'s view of the conversation with `peer` for a new message.
-/// `unread` counts the message as unread; `msg.no_last_msg` keeps the last message.
-///
-/// Most messages go to a conversation that exists: an `UPDATE` finds its row
-/// with one key lookup, and only a first message pays for the `INSERT`.
-fn touch_conversation(
-    tx: &mut Tx<'_, '_>,
-    msg: &NewMessage,
-    msg_id: i64,
-    uid: i64,
-    peer_uid: i64,
-    seq: u64,
-    unread: bool,
-) -> StoreResult<()> {
-    let unread = i64::from(unread);
-    let msg_time = sql_u64(msg.msg_time);
-    let seq = sql_u64(seq);
-    let updated = if !msg.no_last_msg {
-        tx.stmt(
-            "UPDATE conversations SET last_msg_id = ?3, last_time = ?4, last_seq = ?5, \
-               unread = MIN(unread + ?6, ?7) \
-             WHERE uid = ?1 AND peer_uid = ?2",
-        )?
-        .execute(params![
-            uid, peer_uid, msg_id, msg_time, seq, unread, UNREAD_CAP
-        ])
-    } else {
-        // A no-last-msg message keeps the last message.
-        tx.stmt(
-            "UPDATE conversations SET unread = MIN(unread + ?3, ?4) \
-             WHERE uid = ?1 AND peer_uid = ?2",
-        )?
-        .execute(params![uid, peer_uid, unread, UNREAD_CAP])
-    }
-    .map_err(db)?;
-    if updated > 0 {
-        return Ok(());
-    }
-    // The first message of the conversation (a no-last-msg one starts it
-    // without a last message).
-    let last_msg_id = (!msg.no_last_msg).then_some(msg_id);
-    tx.stmt(
-        "INSERT INTO conversations (uid, peer_uid, last_msg_id, last_time, last_seq, unread) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![uid, peer_uid, last_msg_id, msg_time, seq, unread])
     .map_err(db)?;
     Ok(())
 }
@@ -314,12 +275,24 @@ pub(crate) fn send(tx: &mut Tx<'_, '_>, msg: &NewMessage) -> StoreResult<SendWri
     }
     let msg_id = tx.conn().last_insert_rowid();
     let (to, from) = (recipient.uid, sender.uid);
-    insert_message_entry(tx, to, recipient_seq, msg.now_ms, from, msg_id)?;
-    let unread = !msg.no_unread && !self_send;
-    touch_conversation(tx, msg, msg_id, to, from, recipient_seq, unread)?;
+    // The conversation views are derived from these entries (see migration 4).
+    let no_last = if msg.no_last_msg { ENTRY_NO_LAST } else { 0 };
+    let unread = if msg.no_unread || self_send {
+        0
+    } else {
+        ENTRY_UNREAD
+    };
+    insert_message_entry(
+        tx,
+        to,
+        recipient_seq,
+        msg.now_ms,
+        from,
+        msg_id,
+        unread | no_last,
+    )?;
     if let Some(seq) = sender_seq {
-        insert_message_entry(tx, from, seq, msg.now_ms, to, msg_id)?;
-        touch_conversation(tx, msg, msg_id, from, to, seq, false)?;
+        insert_message_entry(tx, from, seq, msg.now_ms, to, msg_id, no_last)?;
     }
     tx.next_seq(&msg.to, &recipient);
     if sender_seq.is_some() {
@@ -413,11 +386,24 @@ pub(crate) fn mark_read(tx: &mut Tx<'_, '_>, req: &MarkRead) -> StoreResult<Read
     insert_payload_entry(
         conn, reader.uid, reader_seq, req.now_ms, KIND_READ, peer_uid, &payload,
     )?;
+    // Everything in the reader's timeline so far is read: its unread count
+    // is zero until the next message (only a view that exists has a state).
     conn.prepare_cached(
-        "UPDATE conversations SET unread = 0, read_time = MAX(read_time, ?3) \
-         WHERE uid = ?1 AND peer_uid = ?2",
+        "INSERT INTO conversation_state (uid, peer_uid, read_seq, read_time) \
+         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM timeline INDEXED BY timeline_history \
+           WHERE uid = ?1 AND peer_uid = ?2 AND kind = 0) \
+         ON CONFLICT (uid, peer_uid) DO UPDATE SET \
+           read_seq = MAX(read_seq, excluded.read_seq), \
+           read_time = MAX(read_time, excluded.read_time)",
     )
-    .and_then(|mut s| s.execute(params![reader.uid, peer_uid, sql_u64(req.read_time)]))
+    .and_then(|mut s| {
+        s.execute(params![
+            reader.uid,
+            peer_uid,
+            sql_u64(reader.head),
+            sql_u64(req.read_time)
+        ])
+    })
     .map_err(db)?;
     let peer_entry = match &peer_account {
         Some(account) => {
@@ -432,8 +418,11 @@ pub(crate) fn mark_read(tx: &mut Tx<'_, '_>, req: &MarkRead) -> StoreResult<Read
                 &payload,
             )?;
             conn.prepare_cached(
-                "UPDATE conversations SET peer_read_time = MAX(peer_read_time, ?3) \
-                 WHERE uid = ?1 AND peer_uid = ?2",
+                "INSERT INTO conversation_state (uid, peer_uid, peer_read_time) \
+                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM timeline INDEXED BY timeline_history \
+                   WHERE uid = ?1 AND peer_uid = ?2 AND kind = 0) \
+                 ON CONFLICT (uid, peer_uid) DO UPDATE SET \
+                   peer_read_time = MAX(peer_read_time, excluded.peer_read_time)",
             )
             .and_then(|mut s| s.execute(params![account.uid, reader.uid, sql_u64(req.read_time)]))
             .map_err(db)?;
@@ -561,37 +550,23 @@ pub(crate) fn recall(tx: &mut Tx<'_, '_>, req: &RecallRequest) -> StoreResult<Re
 pub(crate) struct Sweep {
     pub(crate) cutoff_ms: u64,
     pub(crate) chunk: u32,
-    /// Where the walk over `conversations` goes on: after this key
-    /// (`None`: from the start).
-    pub(crate) after: Option<(i64, i64)>,
 }
 
-/// A timeline entry's key: (account, entry number).
-type EntryKey = (i64, i64);
+/// A message entry's key and its view: (account, entry number, peer).
+type EntryOf = (i64, i64, i64);
 
-/// Conversation rows one sweep call looks at, at most.
-const SWEEP_SCAN: i64 = 4096;
-
-/// What one sweep call did, and where the conversation walk goes on.
-pub(crate) struct Swept {
-    pub(crate) report: SweepReport,
-    pub(crate) after: Option<(i64, i64)>,
-}
-
-/// Removes up to `chunk` expired rows of each kind (see `Store::sweep`).
+/// Removes up to `chunk` expired messages and `chunk` other entries (see
+/// `Store::sweep`).
 ///
 /// Messages are found through their time index, and their timeline entries
 /// go with them (a message knows its entries); the other entries (recalls,
-/// read reports) through `timeline_events`. `conversations` has no time
-/// index (keeping one cost every message two index moves), so expired
-/// conversations are found by walking the table in key order,
-/// [`SWEEP_SCAN`] rows per call: a call that reaches the end starts the next
-/// walk from the beginning, and the sweep is finished once a call removed
-/// nothing and its walk reached the end.
-pub(crate) fn sweep(tx: &mut Tx<'_, '_>, req: &Sweep) -> StoreResult<Swept> {
+/// read reports) through `timeline_events`. A conversation view is derived
+/// from its message entries, so it goes with the last of them; the sweep
+/// counts it then, and removes its read state.
+pub(crate) fn sweep(tx: &mut Tx<'_, '_>, req: &Sweep) -> StoreResult<SweepReport> {
     let conn = tx.conn();
     let chunk = i64::from(req.chunk);
-    // Messages and conversations are dated in whole seconds:
+    // Messages are dated in whole seconds:
     // `msg_time * 1000 < cutoff_ms` is `msg_time < ceil(cutoff_ms / 1000)`.
     let cutoff_s = req.cutoff_ms.div_ceil(1000);
     let mut entries = conn
@@ -603,78 +578,69 @@ pub(crate) fn sweep(tx: &mut Tx<'_, '_>, req: &Sweep) -> StoreResult<Swept> {
         .map_err(db)? as u64;
 
     // Expired messages, with their entries.
-    let expired: Vec<(i64, [Option<EntryKey>; 2])> = conn
+    let expired: Vec<(i64, [Option<EntryOf>; 2])> = conn
         .prepare_cached(
             "SELECT msg_id, sender_uid, sender_seq, receiver_uid, recipient_seq FROM messages \
              WHERE msg_time < ?1 LIMIT ?2",
         )
         .and_then(|mut s| {
             s.query_map(params![sql_u64(cutoff_s), chunk], |r| {
-                let entry = |uid: i64, seq: Option<i64>| seq.map(|seq| (uid, seq));
+                let (sender, receiver): (i64, i64) = (r.get(1)?, r.get(3)?);
+                let entry = |uid: i64, seq: Option<i64>, peer: i64| seq.map(|seq| (uid, seq, peer));
                 Ok((
                     r.get(0)?,
-                    [entry(r.get(1)?, r.get(2)?), entry(r.get(3)?, r.get(4)?)],
+                    [
+                        entry(sender, r.get(2)?, receiver),
+                        entry(receiver, r.get(4)?, sender),
+                    ],
                 ))
             })?
             .collect()
         })
         .map_err(db)?;
-    let mut messages = 0u64;
+    let (mut messages, mut conversations) = (0u64, 0u64);
     for (msg_id, message_entries) in &expired {
-        for (uid, seq) in message_entries.iter().flatten() {
-            entries += conn
+        for (uid, seq, peer) in message_entries.iter().flatten() {
+            let removed = conn
                 .prepare_cached(
                     "DELETE FROM timeline WHERE uid = ?1 AND seq = ?2 AND kind = 0 AND msg_id = ?3",
                 )
                 .and_then(|mut s| s.execute(params![uid, seq, msg_id]))
                 .map_err(db)? as u64;
+            entries += removed;
+            if removed > 0 && !has_messages(conn, *uid, *peer)? {
+                conn.prepare_cached(
+                    "DELETE FROM conversation_state WHERE uid = ?1 AND peer_uid = ?2",
+                )
+                .and_then(|mut s| s.execute(params![uid, peer]))
+                .map_err(db)?;
+                conversations += 1;
+            }
         }
         messages += conn
             .prepare_cached("DELETE FROM messages WHERE msg_id = ?1")
             .and_then(|mut s| s.execute([msg_id]))
             .map_err(db)? as u64;
     }
-
-    // The conversation walk: look at the next rows, remove the expired ones.
-    let (uid, peer_uid) = req.after.unwrap_or((i64::MIN, i64::MIN));
-    let rows: Vec<(i64, i64, i64)> = conn
-        .prepare_cached(
-            "SELECT uid, peer_uid, last_time FROM conversations \
-             WHERE (uid, peer_uid) > (?1, ?2) ORDER BY uid, peer_uid LIMIT ?3",
-        )
-        .and_then(|mut s| {
-            s.query_map(params![uid, peer_uid, SWEEP_SCAN], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect()
-        })
-        .map_err(db)?;
-    let reached_end = rows.len() < SWEEP_SCAN as usize;
-    let mut conversations = 0u64;
-    let mut after = None;
-    for (uid, peer_uid, last_time) in rows {
-        if last_time < sql_u64(cutoff_s) {
-            if conversations == u64::from(req.chunk) {
-                // Removed as many as allowed: go on from here next time.
-                break;
-            }
-            conn.prepare_cached("DELETE FROM conversations WHERE uid = ?1 AND peer_uid = ?2")
-                .and_then(|mut s| s.execute(params![uid, peer_uid]))
-                .map_err(db)?;
-            conversations += 1;
-        }
-        after = Some((uid, peer_uid));
-    }
-    let walk_done = reached_end && conversations < u64::from(req.chunk);
     let report = SweepReport {
         entries,
         messages,
         conversations,
         more: false,
     };
-    let more = report.total() > 0 || !walk_done;
-    Ok(Swept {
-        report: SweepReport { more, ..report },
-        after: if walk_done { None } else { after },
+    Ok(SweepReport {
+        more: report.total() > 0,
+        ..report
     })
+}
+
+/// Whether the view `(?1, ?2)` holds a message entry.
+pub(crate) const HAS_MESSAGES: &str = "SELECT EXISTS (SELECT 1 FROM timeline \
+     INDEXED BY timeline_history WHERE uid = ?1 AND peer_uid = ?2 AND kind = 0)";
+
+/// Whether `uid`'s view of `peer_uid` still holds a message entry.
+fn has_messages(conn: &Connection, uid: i64, peer_uid: i64) -> StoreResult<bool> {
+    conn.prepare_cached(HAS_MESSAGES)
+        .and_then(|mut s| s.query_row(params![uid, peer_uid], |r| r.get(0)))
+        .map_err(db)
 }

@@ -320,8 +320,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes expired rows, a bounded part per call: at most `chunk`
     /// messages (with their timeline entries: up to two each), `chunk` other
-    /// timeline entries and `chunk` conversations. Messages and conversations
-    /// expire by message time, entries by write time, all before `cutoff_ms`.
+    /// timeline entries and at most `2 × chunk` conversations (a backend that
+    /// derives a view from its messages removes it with the last of them, up
+    /// to two per message). Messages and conversations expire by message
+    /// time, entries by write time, all before `cutoff_ms`.
     /// Call repeatedly until it returns a report with `more == false`.
     /// Timeline numbering is unaffected: numbers are never reused.
     async fn sweep(&self, cutoff_ms: u64, chunk: u32) -> StoreResult<SweepReport>;
