@@ -150,9 +150,7 @@ impl Probe {
             .body
             .iter()
             .find(|e| e.msg_type == "TIMCustomElem")?
-            .msg_content
-            .get("Data")?
-            .as_str()?;
+            .str_field("Data")?;
         let mut it = data.split(':');
         let p = Probe {
             sender: it.next()?.parse().ok()?,

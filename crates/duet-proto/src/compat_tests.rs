@@ -9,9 +9,69 @@ mod old {
     //! The derived definitions as they were (internally tagged, `flatten`).
     use serde::{Deserialize, Serialize};
 
-    use crate::elem::MsgElem;
     use crate::frame::FrameError;
-    use crate::model::{Conversation, HistoryItem, Message, ReadReport, Recall};
+    use crate::model::{ReadReport, Recall};
+
+    /// `MsgElem` as it was (content as a `Value` tree; serde's `Content`
+    /// buffering cannot hold a `RawValue`).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct MsgElem {
+        #[serde(rename = "MsgType")]
+        pub msg_type: String,
+        #[serde(rename = "MsgContent")]
+        pub msg_content: serde_json::Value,
+    }
+
+    fn is_false(b: &bool) -> bool {
+        !*b
+    }
+
+    /// `Message` as it was, with the old `MsgElem`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Message {
+        #[serde(rename = "From_Account")]
+        pub from: String,
+        #[serde(rename = "To_Account")]
+        pub to: String,
+        #[serde(rename = "MsgSeq")]
+        pub msg_seq: u32,
+        #[serde(rename = "MsgRandom")]
+        pub msg_random: u32,
+        #[serde(rename = "MsgTimeStamp")]
+        pub msg_time: u64,
+        #[serde(rename = "MsgKey")]
+        pub msg_key: String,
+        #[serde(rename = "MsgFlagBits", default)]
+        pub flag_bits: u32,
+        #[serde(rename = "MsgBody")]
+        pub body: Vec<MsgElem>,
+        #[serde(rename = "CloudCustomData", default)]
+        pub cloud_custom_data: String,
+        #[serde(rename = "Nick", default)]
+        pub nick: String,
+        #[serde(rename = "FaceUrl", default)]
+        pub face_url: String,
+        #[serde(rename = "OnlineOnlyFlag", default, skip_serializing_if = "is_false")]
+        pub online_only: bool,
+    }
+
+    /// `HistoryItem` as it was.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct HistoryItem {
+        pub seq: u64,
+        pub message: Message,
+    }
+
+    /// `Conversation` as it was.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Conversation {
+        pub peer: String,
+        pub last_message: Option<Message>,
+        pub last_time: u64,
+        pub unread: u32,
+        pub read_time: u64,
+        pub peer_read_time: u64,
+    }
 
     fn default_count() -> u32 {
         20

@@ -1,32 +1,51 @@
 //! `MsgBody` elements, exactly as Tencent's REST `MsgBody` JSON.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::{codes, limits};
 
 /// One `MsgBody` element: `{"MsgType": "...", "MsgContent": {...}}`.
 ///
-/// `MsgContent` is kept as JSON so that every field a client sends survives
-/// the round trip; [`validate_body`] checks the fields each type requires.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `MsgContent` is kept as the JSON text it came in: every field a client
+/// sends survives the round trip, reading it builds no tree, and writing it
+/// is a copy. [`validate_body`] checks the fields each type requires;
+/// [`MsgElem::content`] parses it when a caller wants the fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MsgElem {
     /// `TIMTextElem`, `TIMFaceElem`, `TIMLocationElem`, `TIMCustomElem`,
     /// `TIMImageElem`, `TIMSoundElem`, `TIMFileElem`, `TIMVideoFileElem`, `TIMRelayElem`.
     #[serde(rename = "MsgType")]
     pub msg_type: String,
-    /// The element's fields.
+    /// The element's fields, as JSON text.
     #[serde(rename = "MsgContent")]
-    pub msg_content: Value,
+    pub msg_content: Box<RawValue>,
+}
+
+/// Elements are equal when their type and content text are.
+impl PartialEq for MsgElem {
+    fn eq(&self, other: &Self) -> bool {
+        self.msg_type == other.msg_type && self.msg_content.get() == other.msg_content.get()
+    }
 }
 
 impl MsgElem {
+    /// An element of `msg_type` with `content` (normally a JSON object).
+    pub fn new(msg_type: impl Into<String>, content: &Value) -> Self {
+        MsgElem {
+            msg_type: msg_type.into(),
+            // A `Value` always serializes.
+            msg_content: serde_json::value::to_raw_value(content)
+                .unwrap_or_else(|_| RawValue::NULL.to_owned()),
+        }
+    }
+
     /// A `TIMTextElem`.
     pub fn text(text: impl Into<String>) -> Self {
-        MsgElem {
-            msg_type: "TIMTextElem".into(),
-            msg_content: serde_json::json!({ "Text": text.into() }),
-        }
+        MsgElem::new("TIMTextElem", &serde_json::json!({ "Text": text.into() }))
     }
 
     /// A `TIMCustomElem` with `Data`, `Desc` and `Ext`.
@@ -35,19 +54,90 @@ impl MsgElem {
         desc: impl Into<String>,
         ext: impl Into<String>,
     ) -> Self {
-        MsgElem {
-            msg_type: "TIMCustomElem".into(),
-            msg_content: serde_json::json!({ "Data": data.into(), "Desc": desc.into(), "Ext": ext.into() }),
+        MsgElem::new(
+            "TIMCustomElem",
+            &serde_json::json!({ "Data": data.into(), "Desc": desc.into(), "Ext": ext.into() }),
+        )
+    }
+
+    /// The content's fields, parsed (`None` if it is not a JSON object).
+    pub fn content(&self) -> Option<serde_json::Map<String, Value>> {
+        serde_json::from_str(self.msg_content.get()).ok()
+    }
+
+    /// The string field `name` of the content, if it has one (parsed
+    /// without building the other fields).
+    pub fn str_field(&self, name: &str) -> Option<Cow<'_, str>> {
+        let fields: Fields<'_> = serde_json::from_str(self.msg_content.get()).ok()?;
+        let raw = fields.get(name)?;
+        if kind(raw) != Kind::Str {
+            return None;
         }
+        serde_json::from_str::<Cow<'_, str>>(raw.get()).ok()
     }
 
     /// The text of a `TIMTextElem`, if this is one.
-    pub fn as_text(&self) -> Option<&str> {
+    pub fn as_text(&self) -> Option<Cow<'_, str>> {
         if self.msg_type == "TIMTextElem" {
-            self.msg_content.get("Text").and_then(Value::as_str)
+            self.str_field("Text")
         } else {
             None
         }
+    }
+}
+
+/// A JSON object's fields, borrowed from its text, in order.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Fields<'a> {
+    /// The last value of `name` (as a JSON object parser keeps it).
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Fields<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<Fields<'a>, M::Error> {
+                let mut fields = Vec::with_capacity(m.size_hint().unwrap_or(4));
+                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
+                    fields.push((key, m.next_value::<&'de RawValue>()?));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// What kind of JSON value a raw value is (from its first byte).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Str,
+    Num,
+    Array,
+    Other,
+}
+
+fn kind(v: &RawValue) -> Kind {
+    match v.get().trim_start().as_bytes().first() {
+        Some(b'"') => Kind::Str,
+        Some(b'-' | b'0'..=b'9') => Kind::Num,
+        Some(b'[') => Kind::Array,
+        _ => Kind::Other,
     }
 }
 
@@ -87,12 +177,6 @@ impl BodyError {
             BodyError::TooLarge { .. } => codes::CONTENT_TOO_LARGE,
         }
     }
-}
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Str,
-    Num,
 }
 
 /// Required fields per element type (others are optional and kept as sent).
@@ -141,38 +225,40 @@ fn check_element(index: usize, e: &MsgElem) -> Result<(), BodyError> {
     let Some(req) = required(&e.msg_type) else {
         return Err(bad("unknown MsgType".into()));
     };
-    let Some(obj) = e.msg_content.as_object() else {
+    let Ok(fields) = serde_json::from_str::<Fields<'_>>(e.msg_content.get()) else {
         return Err(bad("MsgContent must be an object".into()));
     };
     if e.msg_type == "TIMImageElem" {
-        match obj.get("ImageInfoArray") {
-            Some(Value::Array(items)) if !items.is_empty() => {
-                for item in items {
-                    if !item.get("URL").is_some_and(Value::is_string) {
-                        return Err(bad("each ImageInfoArray item needs a URL string".into()));
-                    }
-                }
+        let items = fields
+            .get("ImageInfoArray")
+            .filter(|v| kind(v) == Kind::Array)
+            .and_then(|v| serde_json::from_str::<Vec<&RawValue>>(v.get()).ok())
+            .filter(|items| !items.is_empty());
+        let Some(items) = items else {
+            return Err(bad("ImageInfoArray must be a non-empty array".into()));
+        };
+        for item in items {
+            let url = serde_json::from_str::<Fields<'_>>(item.get())
+                .ok()
+                .and_then(|f| f.get("URL"))
+                .is_some_and(|v| kind(v) == Kind::Str);
+            if !url {
+                return Err(bad("each ImageInfoArray item needs a URL string".into()));
             }
-            _ => return Err(bad("ImageInfoArray must be a non-empty array".into())),
         }
     } else {
-        for (field, kind) in req {
-            let ok = match (obj.get(*field), kind) {
-                (Some(v), Kind::Str) => v.is_string(),
-                (Some(v), Kind::Num) => v.is_number(),
-                (None, _) => false,
-            };
-            if !ok {
-                let what = match kind {
-                    Kind::Str => "a string",
+        for (field, want) in req {
+            if fields.get(field).map(kind) != Some(*want) {
+                let what = match want {
                     Kind::Num => "a number",
+                    _ => "a string",
                 };
                 return Err(bad(format!("{field} is required and must be {what}")));
             }
         }
     }
     for field in STRING_FIELDS {
-        if obj.get(*field).is_some_and(|v| !v.is_string()) {
+        if fields.get(field).is_some_and(|v| kind(v) != Kind::Str) {
             return Err(bad(format!("{field} must be a string")));
         }
     }

@@ -14,7 +14,9 @@ pub mod model;
 mod tagged;
 
 pub use elem::{BodyError, MsgElem, validate_body};
-pub use frame::{ClientFrame, FrameError, ServerFrame, message_entry_frame, parse_client_frame};
+pub use frame::{
+    ClientFrame, FrameError, ServerFrame, message_entry_frame, parse_client_frame, send_ack_frame,
+};
 pub use model::{Conversation, Entry, EntryKind, HistoryItem, Message, MsgKey, ReadReport, Recall};
 
 /// Version of the client wire protocol described in `docs/protocol.md`.

@@ -86,6 +86,21 @@ pub struct MsgKey {
     pub time: u64,
 }
 
+impl MsgKey {
+    /// The `MsgKey` text of these parts (what `Display` writes, without the
+    /// formatting machinery: it is made for every message).
+    pub fn text(seq: u32, random: u32, time: u64) -> String {
+        let mut b = itoa::Buffer::new();
+        let mut out = String::with_capacity(32);
+        out.push_str(b.format(seq));
+        out.push('_');
+        out.push_str(b.format(random));
+        out.push('_');
+        out.push_str(b.format(time));
+        out
+    }
+}
+
 impl fmt::Display for MsgKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}_{}_{}", self.seq, self.random, self.time)

@@ -326,6 +326,42 @@ impl Buf<'_> {
     }
 }
 
+/// Written back as the JSON it was read from (for a `RawValue` read from a
+/// buffered value).
+impl serde::Serialize for Buf<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self {
+            Buf::Unit => s.serialize_unit(),
+            Buf::Bool(v) => s.serialize_bool(*v),
+            Buf::U64(v) => s.serialize_u64(*v),
+            Buf::I64(v) => s.serialize_i64(*v),
+            Buf::F64(v) => s.serialize_f64(*v),
+            Buf::Str(v) => s.serialize_str(v),
+            Buf::String(v) => s.serialize_str(v),
+            Buf::Bytes(v) => s.serialize_bytes(v),
+            Buf::Seq(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Buf::Map(entries) => {
+                let mut map = s.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+/// The name under which serde_json asks a deserializer for a `RawValue`
+/// (`deserialize_newtype_struct`); it takes a map of this name to the JSON text.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
 /// Deserializes `T` from a buffered value.
 pub(crate) fn from_buf<'de, T: de::Deserialize<'de>, E: de::Error>(buf: Buf<'de>) -> Result<T, E> {
     T::deserialize(IntoDeserializer::<'de, E>::into_deserializer(buf))
@@ -461,9 +497,17 @@ impl<'de, E: de::Error> Deserializer<'de> for BufDeserializer<'de, E> {
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
-        _name: &'static str,
+        name: &'static str,
         visitor: V,
     ) -> Result<V::Value, E> {
+        if name == RAW_VALUE_TOKEN {
+            // A `MsgContent` that came before the frame's tag: its JSON again.
+            let json = serde_json::to_string(&self.buf).map_err(de::Error::custom)?;
+            return visitor.visit_map(MapDeserializer::new(std::iter::once((
+                RAW_VALUE_TOKEN,
+                json,
+            ))));
+        }
         visitor.visit_newtype_struct(self)
     }
 

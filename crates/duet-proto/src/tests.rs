@@ -180,18 +180,12 @@ fn body_validation() {
         validate_body(&[], "", 8000).unwrap_err().code(),
         codes::BAD_MSG_BODY
     );
-    let bad = vec![MsgElem {
-        msg_type: "TIMTextElem".into(),
-        msg_content: json!({"Text": 5}),
-    }];
+    let bad = vec![MsgElem::new("TIMTextElem", &json!({"Text": 5}))];
     assert_eq!(
         validate_body(&bad, "", 8000).unwrap_err().code(),
         codes::BAD_ELEMENT
     );
-    let unknown = vec![MsgElem {
-        msg_type: "TIMNopeElem".into(),
-        msg_content: json!({}),
-    }];
+    let unknown = vec![MsgElem::new("TIMNopeElem", &json!({}))];
     assert!(validate_body(&unknown, "", 8000).is_err());
     let two = vec![MsgElem::custom("a", "", ""), MsgElem::custom("b", "", "")];
     assert_eq!(
@@ -203,16 +197,66 @@ fn body_validation() {
         validate_body(&big, "", 8000).unwrap_err().code(),
         codes::CONTENT_TOO_LARGE
     );
-    let loc = vec![MsgElem {
-        msg_type: "TIMLocationElem".into(),
-        msg_content: json!({"Desc": "here", "Latitude": 1.5, "Longitude": 2.5}),
-    }];
+    let loc = vec![MsgElem::new(
+        "TIMLocationElem",
+        &json!({"Desc": "here", "Latitude": 1.5, "Longitude": 2.5}),
+    )];
     assert!(validate_body(&loc, "", 8000).is_ok());
-    let img = vec![MsgElem {
-        msg_type: "TIMImageElem".into(),
-        msg_content: json!({"UUID": "u", "ImageFormat": 1, "ImageInfoArray": [{"Type": 1, "Size": 1, "Width": 1, "Height": 1, "URL": "http://x"}]}),
-    }];
+    let img = vec![MsgElem::new(
+        "TIMImageElem",
+        &json!({"UUID": "u", "ImageFormat": 1, "ImageInfoArray": [{"Type": 1, "Size": 1, "Width": 1, "Height": 1, "URL": "http://x"}]}),
+    )];
     assert!(validate_body(&img, "", 8000).is_ok());
+}
+
+/// The element checks read the content text as sent: whitespace, escaped
+/// keys and nested values; every malformed shape is refused with 90010.
+#[test]
+fn body_validation_reads_raw_content() {
+    let raw = |t: &str, c: &str| MsgElem {
+        msg_type: t.into(),
+        msg_content: serde_json::value::RawValue::from_string(c.into()).unwrap(),
+    };
+    let ok = [
+        raw(
+            "TIMTextElem",
+            r#" { "Text" : "hi" , "Extra": {"a": [1, 2]} } "#,
+        ),
+        raw("TIMTextElem", r#"{"\u0054ext":"escaped key"}"#),
+        raw("TIMFaceElem", r#"{"Index":-1,"Data":"x"}"#),
+        raw("TIMLocationElem", r#"{"Latitude":1e3,"Longitude":0}"#),
+        raw("TIMImageElem", r#"{"ImageInfoArray":[ {"URL":"u"} ]}"#),
+        raw("TIMCustomElem", r#"{}"#),
+    ];
+    for e in &ok {
+        assert!(
+            validate_body(std::slice::from_ref(e), "", 8000).is_ok(),
+            "{e:?}"
+        );
+    }
+    let bad = [
+        raw("TIMTextElem", r#"["Text"]"#),
+        raw("TIMTextElem", r#""Text""#),
+        raw("TIMTextElem", r#"{"Text":null}"#),
+        raw("TIMTextElem", r#"{"Text":"a","Desc":7}"#),
+        raw("TIMFaceElem", r#"{"Index":"1"}"#),
+        raw("TIMLocationElem", r#"{"Latitude":1}"#),
+        raw("TIMImageElem", r#"{"ImageInfoArray":[]}"#),
+        raw("TIMImageElem", r#"{"ImageInfoArray":"u"}"#),
+        raw("TIMImageElem", r#"{"ImageInfoArray":[{"URL":1}]}"#),
+        raw("TIMImageElem", r#"{"ImageInfoArray":["u"]}"#),
+    ];
+    for e in &bad {
+        assert_eq!(
+            validate_body(std::slice::from_ref(e), "", 8000).map_err(|e| e.code()),
+            Err(codes::BAD_ELEMENT),
+            "{e:?}"
+        );
+    }
+    // Text with escapes reads back decoded.
+    let e = raw("TIMTextElem", r#"{"Text":"a\"b\u00e9"}"#);
+    assert_eq!(e.as_text().as_deref(), Some("a\"bé"));
+    assert_eq!(MsgElem::text("x").content().unwrap()["Text"], "x");
 }
 
 #[test]
@@ -761,4 +805,79 @@ fn message_entry_frame_matches_the_owned_frame() {
         .unwrap();
         assert_eq!(message_entry_frame(42, 1_700_000_000_123, &message), owned);
     }
+}
+
+/// The hand-written frames escape every string as serde_json does and copy
+/// the content text as it came (whitespace and key order kept).
+#[test]
+fn hand_written_frames_match_serde() {
+    let awkward = [
+        "",
+        "plain",
+        "quote\"back\\slash",
+        "ctrl\u{1}\n\t\r\u{7f}",
+        "é ü 中文 🙂 </script>",
+    ];
+    for s in awkward {
+        let mut m = sample_message();
+        m.from = s.into();
+        m.to = format!("{s}-to");
+        m.cloud_custom_data = s.into();
+        m.nick = s.into();
+        m.face_url = s.into();
+        m.msg_seq = u32::MAX;
+        m.msg_random = 0;
+        m.msg_time = u64::MAX;
+        m.body = vec![
+            MsgElem::new(s, &json!({ "Text": s })),
+            MsgElem {
+                msg_type: "TIMCustomElem".into(),
+                msg_content: serde_json::value::RawValue::from_string(
+                    r#" { "z" : 1, "a" : [ ] } "#.trim().into(),
+                )
+                .unwrap(),
+            },
+        ];
+        let owned = serde_json::to_string(&ServerFrame::Entry {
+            entry: Entry {
+                seq: u64::MAX,
+                ts: 0,
+                kind: EntryKind::Message { message: m.clone() },
+            },
+        })
+        .unwrap();
+        assert_eq!(message_entry_frame(u64::MAX, 0, &m), owned);
+    }
+    for (entry, duplicate) in [(None, false), (Some(7), true), (Some(u64::MAX), false)] {
+        let ack = ServerFrame::SendAck {
+            req_id: 99,
+            msg_key: MsgKey::text(u32::MAX, 0, 1_700_000_000),
+            msg_time: 1_700_000_000,
+            msg_seq: u32::MAX,
+            msg_random: 0,
+            entry,
+            duplicate,
+        };
+        assert_eq!(
+            send_ack_frame(
+                99,
+                &format!("{}_0_1700000000", u32::MAX),
+                1_700_000_000,
+                u32::MAX,
+                0,
+                entry,
+                duplicate
+            ),
+            serde_json::to_string(&ack).unwrap()
+        );
+    }
+    assert_eq!(
+        MsgKey::text(1, 22, 333),
+        MsgKey {
+            seq: 1,
+            random: 22,
+            time: 333
+        }
+        .to_string()
+    );
 }

@@ -564,7 +564,7 @@ impl PostgresStore {
         self.committed(started);
 
         let message = Message {
-            msg_key: format!("{}_{}_{}", msg.msg_seq, msg.msg_random, msg.msg_time),
+            msg_key: duet_proto::MsgKey::text(msg.msg_seq, msg.msg_random, msg.msg_time),
             from: msg.from.clone(),
             to: msg.to.clone(),
             msg_seq: msg.msg_seq,

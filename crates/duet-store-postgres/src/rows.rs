@@ -75,7 +75,7 @@ pub(crate) fn message_at(row: &Row, i: usize) -> StoreResult<Message> {
         msg_seq,
         msg_random,
         msg_time,
-        msg_key: format!("{msg_seq}_{msg_random}_{msg_time}"),
+        msg_key: duet_proto::MsgKey::text(msg_seq, msg_random, msg_time),
         flag_bits: u32_at(row, i + 5)?,
         body,
         cloud_custom_data: get(row, i + 7)?,

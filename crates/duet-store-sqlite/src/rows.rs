@@ -76,7 +76,7 @@ pub(crate) fn message_at(row: &Row<'_>, i: usize) -> rusqlite::Result<Message> {
         msg_seq,
         msg_random,
         msg_time,
-        msg_key: format!("{msg_seq}_{msg_random}_{msg_time}"),
+        msg_key: duet_proto::MsgKey::text(msg_seq, msg_random, msg_time),
         flag_bits: row.get(i + 5)?,
         body,
         cloud_custom_data: row.get(i + 7)?,

@@ -498,8 +498,12 @@ mod upgrade_tests {
         PRAGMA user_version = 1;
     "#;
 
-    fn text_of(m: &duet_proto::Message) -> &str {
-        m.body.first().and_then(MsgElem::as_text).unwrap_or("")
+    fn text_of(m: &duet_proto::Message) -> String {
+        m.body
+            .first()
+            .and_then(MsgElem::as_text)
+            .unwrap_or_default()
+            .into_owned()
     }
 
     #[test]
@@ -526,7 +530,10 @@ mod upgrade_tests {
             assert_eq!(seqs, vec![1, 2, 3, 4], "every entry kept, in order");
             match &bob[0].kind {
                 EntryKind::Message { message } => {
-                    assert_eq!((message.from.as_str(), text_of(message)), ("alice", "one"));
+                    assert_eq!(
+                        (message.from.as_str(), text_of(message).as_str()),
+                        ("alice", "one")
+                    );
                     assert_eq!(message.msg_key, "11_111_1700000000");
                 }
                 other => panic!("entry 1 must be alice's message, got {other:?}"),
@@ -540,7 +547,7 @@ mod upgrade_tests {
                 .history("alice", "bob", None, 10)
                 .await
                 .expect("history");
-            let texts: Vec<&str> = h.iter().map(|i| text_of(&i.message)).collect();
+            let texts: Vec<String> = h.iter().map(|i| text_of(&i.message)).collect();
             assert_eq!(texts, vec!["two", "one"]);
             assert_eq!(h[0].seq, 2);
 
@@ -550,7 +557,7 @@ mod upgrade_tests {
             assert_eq!(convs[0].unread, 1);
             assert_eq!(convs[0].peer_read_time, 1_700_000_002);
             assert_eq!(
-                convs[0].last_message.as_ref().map(text_of),
+                convs[0].last_message.as_ref().map(text_of).as_deref(),
                 Some("two"),
                 "the last message is kept"
             );
@@ -686,7 +693,7 @@ mod derived_views_tests {
                     .as_ref()
                     .and_then(|m| m.body.first())
                     .and_then(MsgElem::as_text)
-                    .map(str::to_owned)
+                    .map(std::borrow::Cow::into_owned)
             };
             let alice = store.conversations("alice", 0, 10).await.expect("alice");
             assert_eq!(alice.len(), 1);

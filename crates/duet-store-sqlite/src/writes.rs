@@ -326,7 +326,7 @@ pub(crate) fn send_outcome(msg: NewMessage, written: SendWritten) -> SendOutcome
         } => (nick, face_url, recipient_seq, sender_seq),
     };
     let message = Message {
-        msg_key: format!("{}_{}_{}", msg.msg_seq, msg.msg_random, msg.msg_time),
+        msg_key: MsgKey::text(msg.msg_seq, msg.msg_random, msg.msg_time),
         from: msg.from,
         to: msg.to,
         msg_seq: msg.msg_seq,

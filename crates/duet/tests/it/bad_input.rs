@@ -92,10 +92,7 @@ async fn bad_sends_are_refused_with_codes_and_nothing_is_stored() {
         codes::UNKNOWN_RECIPIENT
     );
     // Bad elements.
-    let bad = vec![MsgElem {
-        msg_type: "TIMTextElem".into(),
-        msg_content: serde_json::json!({"Text": 1}),
-    }];
+    let bad = vec![MsgElem::new("TIMTextElem", &serde_json::json!({"Text": 1}))];
     assert_eq!(
         code(
             alice

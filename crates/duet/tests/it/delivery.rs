@@ -6,7 +6,7 @@ use duet_testkit::TestServer;
 
 fn texts(msgs: &[duet_proto::Message]) -> Vec<String> {
     msgs.iter()
-        .map(|m| m.body[0].as_text().unwrap_or("").to_string())
+        .map(|m| m.body[0].as_text().unwrap_or_default().into_owned())
         .collect()
 }
 
@@ -287,7 +287,7 @@ async fn a_lost_live_hint_is_healed_by_the_heartbeat() {
         .unwrap();
     // The next heartbeat (every second here) tells bob's device its head; it syncs.
     let m = bob.next_message().await;
-    assert_eq!(m.body[0].as_text(), Some("hint lost"));
+    assert_eq!(m.body[0].as_text().as_deref(), Some("hint lost"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

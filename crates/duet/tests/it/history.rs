@@ -81,7 +81,7 @@ async fn conversations_show_last_message_and_unread_and_mark_read_reaches_the_pe
     assert_eq!(list[0].peer, "alice", "most recent first");
     assert_eq!(list[0].unread, 4, "only received messages count");
     let last = list[0].last_message.as_ref().unwrap();
-    assert_eq!(last.body[0].as_text(), Some("latest"));
+    assert_eq!(last.body[0].as_text().as_deref(), Some("latest"));
     assert_eq!(list[1].peer, "carol");
     assert_eq!(list[1].unread, 1);
 

@@ -58,7 +58,7 @@ async fn retention_sweep_removes_expired_entries_only() {
     let (page, _) = bob.history("alice", None, 100).await.unwrap();
     let texts: Vec<_> = page
         .iter()
-        .map(|i| i.message.body[0].as_text().unwrap())
+        .map(|i| i.message.body[0].as_text().unwrap().into_owned())
         .collect();
     assert_eq!(texts, ["new"]);
     let (entries, head, _) = bob.sync(0).await.unwrap();

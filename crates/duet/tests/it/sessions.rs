@@ -41,11 +41,11 @@ async fn a_login_beyond_the_policy_kicks_the_oldest_device() {
     let bob = server.client("bob").connect().await;
     bob.session.send_text("alice", "still here?").await.unwrap();
     assert_eq!(
-        new.next_message().await.body[0].as_text(),
+        new.next_message().await.body[0].as_text().as_deref(),
         Some("still here?")
     );
     assert_eq!(
-        web.next_message().await.body[0].as_text(),
+        web.next_message().await.body[0].as_text().as_deref(),
         Some("still here?")
     );
 }
