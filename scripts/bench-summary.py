@@ -19,6 +19,8 @@ for (t, lab), rs in rows.items():
     elif sc == 'online':
         print(t, lab, "acked/s", fmt([r['acked_per_sec'] for r in rs]), "| e2e p50", fmt([r['latency_ms']['p50'] for r in rs], "%.1f"), "p99", fmt([r['latency_ms']['p99'] for r in rs], "%.1f"), "max", fmt([r['latency_ms']['max'] for r in rs]), "| lost", [r['lost'] for r in rs], "found", [r.get('lost_found_in_history') for r in rs], "dup", sum(r['duplicated'] for r in rs), "ooo", [r['out_of_order'] for r in rs], "| srv", fmt([r['server_cpu_pct'] for r in rs]), "gen", fmt([r['client_cpu_pct'] for r in rs]), "| unacked", [r['unacked'] for r in rs])
     elif sc == 'offline':
-        print(t, lab, "login->synced ms", fmt([r['login_to_synced_ms'] for r in rs], "%.1f"), "| msgs/s", fmt([r['messages_per_sec'] for r in rs]))
+        fin = [r['login_to_sync_finished_ms'] for r in rs if 'login_to_sync_finished_ms' in r]
+        extra = ("| +conversation list: login->sync finished ms " + fmt(fin, "%.1f")) if fin else ""
+        print(t, lab, "login->synced ms", fmt([r['login_to_synced_ms'] for r in rs], "%.1f"), "| msgs/s", fmt([r['messages_per_sec'] for r in rs]), extra)
     elif sc == 'history':
         print(t, lab, "bg acked/s", fmt([r['acked_per_sec'] for r in rs]), "| hist p50", fmt([r['history_ms']['p50'] for r in rs], "%.2f"), "p90", fmt([r['history_ms']['p90'] for r in rs], "%.2f"), "p99", fmt([r['history_ms']['p99'] for r in rs], "%.2f"), "max", fmt([r['history_ms']['max'] for r in rs], "%.1f"), "| e2e p99", fmt([r['latency_ms']['p99'] for r in rs]), "| srv", fmt([r['server_cpu_pct'] for r in rs]))

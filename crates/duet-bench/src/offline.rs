@@ -89,6 +89,13 @@ pub async fn run(target: &Target, spec: &OfflineSpec, s: &mut Summary) -> Result
         .context("logging in again")?;
     let (entries, _cursor, _epoch) = conn.sync(cursor).await.context("syncing")?;
     let t_done = Instant::now();
+    // Then the conversation list, as the SDK's session does before it reports
+    // "sync finished".
+    let conversations = conn
+        .all_conversations()
+        .await
+        .context("reading the conversation list")?;
+    let t_listed = Instant::now();
     let synced = entries
         .iter()
         .filter(|e| matches!(&e.kind, EntryKind::Message { message } if message.from != me))
@@ -101,6 +108,23 @@ pub async fn run(target: &Target, spec: &OfflineSpec, s: &mut Summary) -> Result
     s.synced = Some(synced);
     s.login_to_synced_ms = Some(login_to_synced.as_secs_f64() * 1000.0);
     s.connect_to_synced_ms = Some(t_done.duration_since(t_connect).as_secs_f64() * 1000.0);
+    s.conversation_list_ms = Some(t_listed.duration_since(t_done).as_secs_f64() * 1000.0);
+    s.conversations = Some(conversations.len() as u64);
+    s.login_to_sync_finished_ms = Some(t_listed.duration_since(t_login).as_secs_f64() * 1000.0);
+    let unread: u64 = conversations.iter().map(|c| u64::from(c.unread)).sum();
+    if conversations.len() as u64 != spec.conversations {
+        s.notes.push(format!(
+            "the conversation list holds {} conversations, not {}",
+            conversations.len(),
+            spec.conversations
+        ));
+    }
+    if unread != filled.acked.min(spec.conversations * 250) {
+        s.notes.push(format!(
+            "the conversation list counts {unread} unread messages for {} written",
+            filled.acked
+        ));
+    }
     s.messages_per_sec = Some(synced as f64 / login_to_synced.as_secs_f64().max(1e-9));
     if synced < filled.acked {
         s.notes.push(format!(

@@ -131,6 +131,17 @@ pub struct Summary {
     /// TCP connect → `sync_finished`, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_to_synced_ms: Option<f64>,
+    /// The conversation list after the sync (what the SDK fetches before it
+    /// reports "sync finished"), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_list_ms: Option<f64>,
+    /// Conversations in that list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversations: Option<u64>,
+    /// `login` frame sent → entries synced and the conversation list read,
+    /// ms: the SDK's login → "sync finished".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_to_sync_finished_ms: Option<f64>,
     /// Synced messages / (login → sync finished).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages_per_sec: Option<f64>,
@@ -242,6 +253,18 @@ impl Summary {
             &mut rows,
             "connect → synced",
             self.connect_to_synced_ms,
+            " ms",
+        );
+        f(
+            &mut rows,
+            "conversation list",
+            self.conversation_list_ms,
+            " ms",
+        );
+        f(
+            &mut rows,
+            "login → sync finished",
+            self.login_to_sync_finished_ms,
             " ms",
         );
         f(&mut rows, "synced msgs/s", self.messages_per_sec, "");

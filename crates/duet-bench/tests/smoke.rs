@@ -115,6 +115,10 @@ fn every_scenario_runs_and_accounts_for_every_message() {
     assert_eq!(s.messages, Some(300), "{s:?}");
     assert_eq!(s.synced, Some(300), "{s:?}");
     assert!(s.login_to_synced_ms.is_some());
+    // The conversation list after the sync: one per sender, every message unread.
+    assert_eq!(s.conversations, Some(3), "{s:?}");
+    assert!(s.login_to_sync_finished_ms >= s.login_to_synced_ms, "{s:?}");
+    assert!(s.notes.is_empty(), "{:?}", s.notes);
 
     let s = bench(
         &url,
