@@ -330,6 +330,31 @@ pub fn message_entry_frame(seq: u64, ts: u64, message: &Message) -> String {
     out
 }
 
+/// The text of any server frame: the per-message `send_ack` written by hand
+/// ([`send_ack_frame`]), every other frame by serde.
+pub fn server_frame_text(frame: &ServerFrame) -> serde_json::Result<String> {
+    match frame {
+        ServerFrame::SendAck {
+            req_id,
+            msg_key,
+            msg_time,
+            msg_seq,
+            msg_random,
+            entry,
+            duplicate,
+        } => Ok(send_ack_frame(
+            *req_id,
+            msg_key,
+            *msg_time,
+            *msg_seq,
+            *msg_random,
+            *entry,
+            *duplicate,
+        )),
+        _ => serde_json::to_string(frame),
+    }
+}
+
 /// The text of a `send_ack` frame: exactly what serializing
 /// `ServerFrame::SendAck` gives (a test checks it).
 pub fn send_ack_frame(

@@ -16,6 +16,7 @@ mod tagged;
 pub use elem::{BodyError, MsgElem, validate_body};
 pub use frame::{
     ClientFrame, FrameError, ServerFrame, message_entry_frame, parse_client_frame, send_ack_frame,
+    server_frame_text,
 };
 pub use model::{Conversation, Entry, EntryKind, HistoryItem, Message, MsgKey, ReadReport, Recall};
 

@@ -870,6 +870,10 @@ fn hand_written_frames_match_serde() {
             ),
             serde_json::to_string(&ack).unwrap()
         );
+        assert_eq!(
+            server_frame_text(&ack).unwrap(),
+            serde_json::to_string(&ack).unwrap()
+        );
     }
     assert_eq!(
         MsgKey::text(1, 22, 333),

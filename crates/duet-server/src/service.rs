@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use duet_proto::{
     Conversation, Entry, HistoryItem, Message, MsgElem, MsgKey, ServerFrame, limits,
-    message_entry_frame, send_ack_frame, valid_user_id, validate_body,
+    message_entry_frame, server_frame_text, valid_user_id, validate_body,
 };
 use duet_store::{Account, NewMessage, RecallRequest, SendOutcome, SenderCopy, Store, SweepReport};
 use duet_usersig::UserSigKey;
@@ -68,30 +68,8 @@ fn entry_frame(entry: Entry) -> Utf8Bytes {
 
 /// Serializes a server frame once, for sending to any number of devices.
 pub fn frame_text(frame: &ServerFrame) -> Utf8Bytes {
-    if let ServerFrame::SendAck {
-        req_id,
-        msg_key,
-        msg_time,
-        msg_seq,
-        msg_random,
-        entry,
-        duplicate,
-    } = frame
-    {
-        // One per message: written by hand (same text).
-        return send_ack_frame(
-            *req_id,
-            msg_key,
-            *msg_time,
-            *msg_seq,
-            *msg_random,
-            *entry,
-            *duplicate,
-        )
-        .into();
-    }
     // Serializing our own plain data types cannot fail.
-    serde_json::to_string(frame)
+    server_frame_text(frame)
         .unwrap_or_else(|e| format!(r#"{{"type":"error","code":91000,"info":"serialize: {e}"}}"#))
         .into()
 }

@@ -128,7 +128,8 @@ struct ViewHead {
     msg_id: Option<i64>,
 }
 
-// Every query on a view names its index: without statistics the planner
+// The flag bits in these queries are `ENTRY_UNREAD` (1) and `ENTRY_NO_LAST`
+// (2) of `rows`. Every query on a view names its index: without statistics the planner
 // would rather walk the user's whole timeline by its primary key (a test
 // checks the plans).
 

@@ -460,7 +460,7 @@ mod upgrade_tests {
     //! continues where it left off.
 
     use duet_proto::{EntryKind, MsgElem};
-    use duet_store::{NewMessage, SendOutcome, SenderCopy, Store};
+    use duet_store::{NewMessage, SendOutcome, Store};
 
     use super::*;
     use crate::{SqliteOptions, SqliteStore};
@@ -498,6 +498,26 @@ mod upgrade_tests {
         PRAGMA user_version = 1;
     "#;
 
+    /// A database written by a build that knew the first `version`
+    /// migrations, holding `data`.
+    pub(super) fn seeded(version: usize, data: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let path = dir.path().join("duet.db");
+        let conn = Connection::open(&path).expect("open");
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).expect("old migrations");
+        }
+        conn.execute_batch(data).expect("old data");
+        (dir, path)
+    }
+
+    pub(super) fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
     fn text_of(m: &duet_proto::Message) -> String {
         m.body
             .first()
@@ -508,18 +528,8 @@ mod upgrade_tests {
 
     #[test]
     fn a_version_1_store_reads_and_writes_on() {
-        let dir = tempfile::TempDir::new().expect("temp dir");
-        let path = dir.path().join("duet.db");
-        {
-            let conn = Connection::open(&path).expect("open");
-            conn.execute_batch(MIGRATION_1).expect("migration 1");
-            conn.execute_batch(V1_DATA).expect("version 1 data");
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        let (_dir, path) = seeded(1, V1_DATA);
+        current_thread().block_on(async {
             let store = SqliteStore::open(SqliteOptions::new(&path)).expect("open v1 store");
             assert_eq!(store.epoch(), "e1");
             assert_eq!(store.head("alice").await, Ok(3));
@@ -563,21 +573,7 @@ mod upgrade_tests {
             );
 
             // A retry of a version-1 message is recognised.
-            let body = vec![MsgElem::text("one")];
-            let retry = NewMessage {
-                from: "alice".into(),
-                to: "bob".into(),
-                msg_seq: 11,
-                msg_random: 111,
-                msg_time: 1_700_000_100,
-                body_json: serde_json::to_string(&body).expect("json"),
-                body,
-                cloud_custom_data: String::new(),
-                sender_copy: SenderCopy::Timeline,
-                no_unread: false,
-                no_last_msg: false,
-                now_ms: T + 100_000,
-            };
+            let retry = NewMessage::text("alice", "bob", 11, 111, T + 100_000, "one");
             match store.send(retry.clone()).await.expect("retry") {
                 SendOutcome::Duplicate {
                     message,
@@ -638,9 +634,9 @@ mod derived_views_tests {
     //! derives show what the old `conversations` rows said.
 
     use duet_proto::MsgElem;
-    use duet_store::{NewMessage, SenderCopy, Store};
+    use duet_store::{NewMessage, Store};
 
-    use super::*;
+    use super::upgrade_tests::{current_thread, seeded};
     use crate::{SqliteOptions, SqliteStore};
 
     /// Bob sent alice four messages (alice read the first; the fourth was
@@ -672,20 +668,8 @@ mod derived_views_tests {
 
     #[test]
     fn a_version_3_database_keeps_its_views() {
-        let dir = tempfile::TempDir::new().expect("temp dir");
-        let path = dir.path().join("duet.db");
-        {
-            let conn = Connection::open(&path).expect("open");
-            for sql in &MIGRATIONS[..3] {
-                conn.execute_batch(sql).expect("migrations 1-3");
-            }
-            conn.execute_batch(V3_DATA).expect("version 3 data");
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        let (_dir, path) = seeded(3, V3_DATA);
+        current_thread().block_on(async {
             let store = SqliteStore::open(SqliteOptions::new(&path)).expect("open v3 store");
             assert_eq!(store.epoch(), "e3");
             let text = |c: &duet_proto::Conversation| {
@@ -716,22 +700,15 @@ mod derived_views_tests {
                 .mark_read("alice", "bob", 1_700_000_006, 1_700_000_006_000)
                 .await
                 .expect("mark read");
-            let body = vec![MsgElem::text("m6")];
             store
-                .send(NewMessage {
-                    from: "bob".into(),
-                    to: "alice".into(),
-                    msg_seq: 6,
-                    msg_random: 6,
-                    msg_time: 1_700_000_007,
-                    body_json: serde_json::to_string(&body).expect("json"),
-                    body,
-                    cloud_custom_data: String::new(),
-                    sender_copy: SenderCopy::Timeline,
-                    no_unread: false,
-                    no_last_msg: false,
-                    now_ms: 1_700_000_007_000,
-                })
+                .send(NewMessage::text(
+                    "bob",
+                    "alice",
+                    6,
+                    6,
+                    1_700_000_007_000,
+                    "m6",
+                ))
                 .await
                 .expect("send");
             let a = &store.conversations("alice", 0, 10).await.expect("alice")[0];

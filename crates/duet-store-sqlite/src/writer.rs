@@ -632,8 +632,7 @@ mod tests {
 
     use std::sync::atomic::AtomicUsize;
 
-    use duet_proto::MsgElem;
-    use duet_store::{NewMessage, SendOutcome, SenderCopy};
+    use duet_store::{NewMessage, SendOutcome};
 
     use super::*;
     use crate::writes::{self, EnsureAccount, SetProfile};
@@ -887,21 +886,7 @@ mod tests {
     }
 
     fn text(from: &str, to: &str, seq: u32) -> NewMessage {
-        let body = vec![MsgElem::text(format!("{from}->{to} #{seq}"))];
-        NewMessage {
-            from: from.into(),
-            to: to.into(),
-            msg_seq: seq,
-            msg_random: 7,
-            msg_time: T / 1000,
-            body_json: serde_json::to_string(&body).expect("json"),
-            body,
-            cloud_custom_data: String::new(),
-            sender_copy: SenderCopy::Timeline,
-            no_unread: false,
-            no_last_msg: false,
-            now_ms: T,
-        }
+        NewMessage::text(from, to, seq, 7, T, &format!("{from}->{to} #{seq}"))
     }
 
     /// A job's result, with a send's outcome if it is a send.

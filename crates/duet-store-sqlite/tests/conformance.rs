@@ -4,9 +4,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use duet_proto::MsgElem;
 use duet_store::conformance::{self, StoreFactory};
-use duet_store::{NewMessage, SendOutcome, SenderCopy, Store, StoreError};
+use duet_store::{NewMessage, SendOutcome, Store, StoreError};
 use duet_store_sqlite::{CommitObserver, SqliteOptions, SqliteStore};
 use tempfile::TempDir;
 
@@ -41,21 +40,14 @@ async fn conformance_concurrency_current_thread() {
 }
 
 fn text(from: &str, to: &str, seq: u32, now_ms: u64) -> NewMessage {
-    let body = vec![MsgElem::text(format!("{from}->{to} #{seq}"))];
-    NewMessage {
-        from: from.into(),
-        to: to.into(),
-        msg_seq: seq,
-        msg_random: seq ^ 0xabcd,
-        msg_time: now_ms / 1000,
-        body_json: serde_json::to_string(&body).expect("json"),
-        body,
-        cloud_custom_data: String::new(),
-        sender_copy: SenderCopy::Timeline,
-        no_unread: false,
-        no_last_msg: false,
+    NewMessage::text(
+        from,
+        to,
+        seq,
+        seq ^ 0xabcd,
         now_ms,
-    }
+        &format!("{from}->{to} #{seq}"),
+    )
 }
 
 const T: u64 = 1_700_000_000_000;

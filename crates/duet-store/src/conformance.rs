@@ -320,22 +320,7 @@ impl<'a> Kit<'a> {
 
 /// A text message with explicit identity and time (`MsgTime` = `now_ms / 1000`).
 fn new_msg(from: &str, to: &str, seq: u32, now_ms: u64, text: &str) -> NewMessage {
-    let body = vec![MsgElem::text(text)];
-    let body_json = body_json(&body);
-    NewMessage {
-        from: from.into(),
-        to: to.into(),
-        msg_seq: seq,
-        msg_random: random_for(seq),
-        msg_time: now_ms / 1000,
-        body,
-        body_json,
-        cloud_custom_data: String::new(),
-        sender_copy: SenderCopy::Timeline,
-        no_unread: false,
-        no_last_msg: false,
-        now_ms,
-    }
+    NewMessage::text(from, to, seq, random_for(seq), now_ms, text)
 }
 
 fn body_json(body: &[MsgElem]) -> String {

@@ -93,6 +93,37 @@ pub struct NewMessage {
     pub now_ms: u64,
 }
 
+impl NewMessage {
+    /// A one-text-element message from `from` to `to`, written at `now_ms`
+    /// (`MsgTime` its second), with a sender copy, counted unread and as the
+    /// last message: the usual send, for tests and benchmarks.
+    pub fn text(
+        from: &str,
+        to: &str,
+        msg_seq: u32,
+        msg_random: u32,
+        now_ms: u64,
+        text: &str,
+    ) -> NewMessage {
+        let body = vec![MsgElem::text(text)];
+        NewMessage {
+            from: from.into(),
+            to: to.into(),
+            msg_seq,
+            msg_random,
+            msg_time: now_ms / 1000,
+            // A body of text elements always serializes.
+            body_json: serde_json::to_string(&body).unwrap_or_default(),
+            body,
+            cloud_custom_data: String::new(),
+            sender_copy: SenderCopy::Timeline,
+            no_unread: false,
+            no_last_msg: false,
+            now_ms,
+        }
+    }
+}
+
 /// What a send committed.
 // Returned once per send and never stored in bulk, so the size difference
 // between the variants does not matter.
