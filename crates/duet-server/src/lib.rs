@@ -23,6 +23,7 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use duet_proto::limits;
 use duet_store::Store;
 use tokio::net::TcpListener;
@@ -110,6 +111,14 @@ pub async fn start_with_hub(
     socket.bind(config.listen)?;
     let listener: TcpListener = socket.listen(4096)?;
     let addr = listener.local_addr()?;
+    // No Nagle: an ack or a delivery is a small write that must leave now;
+    // with Nagle on, one written while an earlier one is unacknowledged
+    // waits for the peer's delayed ACK (40 ms on Linux).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
     let config = Arc::new(config);
     let services = Arc::new(Services::new(store, hub, clock, config.clone(), metrics));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
