@@ -117,6 +117,79 @@ async fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
+/// Every accepted connection has Nagle off: acks and deliveries are small
+/// writes that must not wait for the peer's delayed ACK. The test process is
+/// the server, so the server's end of a connection is one of its own sockets.
+#[tokio::test]
+async fn accepted_connections_have_tcp_nodelay() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let addr = server.url().trim_start_matches("http://").to_string();
+    let mut client = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // An answer means the server accepted (and configured) the connection.
+    client
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    client.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    let client_addr = client.local_addr().unwrap();
+    let server_end =
+        server_socket_with_peer(client_addr).expect("the server's end of the connection");
+    assert_eq!(nodelay(server_end), 1, "TCP_NODELAY on the accepted socket");
+    // The client's own socket (Nagle left at the system default) shows the
+    // probe reads the option rather than a constant.
+    assert_eq!(nodelay(std::os::fd::AsRawFd::as_raw_fd(&client)), 0);
+}
+
+/// The file descriptor of this process's TCP socket whose peer is `peer`.
+fn server_socket_with_peer(peer: std::net::SocketAddr) -> Option<i32> {
+    let std::net::SocketAddr::V4(peer) = peer else {
+        return None;
+    };
+    for entry in std::fs::read_dir("/proc/self/fd").ok()? {
+        let entry = entry.ok()?;
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: `sa` is a properly sized, zeroed sockaddr_in and `len` its size.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let r = unsafe { libc::getpeername(fd, (&raw mut sa).cast(), &mut len) };
+        if r == 0
+            && i32::from(sa.sin_family) == libc::AF_INET
+            && u16::from_be(sa.sin_port) == peer.port()
+            && u32::from_be(sa.sin_addr.s_addr) == u32::from(*peer.ip())
+        {
+            return Some(fd);
+        }
+    }
+    None
+}
+
+fn nodelay(fd: i32) -> libc::c_int {
+    let mut v: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for the option's size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&raw mut v).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "getsockopt TCP_NODELAY on fd {fd}");
+    v
+}
+
 #[tokio::test]
 async fn graceful_shutdown_closes_connections_and_keeps_acked_messages() {
     let server = TestServer::start().await;
