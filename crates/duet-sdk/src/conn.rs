@@ -124,9 +124,15 @@ pub fn ws_url(server: &str) -> String {
     }
 }
 
-fn ws_config() -> WebSocketConfig {
+/// Read buffer of a connection, unless the caller picks one
+/// ([`Connection::connect_with_stream_sized`]).
+const READ_BUFFER: usize = 16 * 1024;
+
+fn ws_config(read_buffer: usize) -> WebSocketConfig {
     let mut cfg = WebSocketConfig::default();
-    cfg.read_buffer_size = 16 * 1024;
+    // The WebSocket layer zero-fills the whole buffer before its first read:
+    // each connection touches this much memory once it has received a frame.
+    cfg.read_buffer_size = read_buffer;
     // The writer task flushes after each batch of queued frames: one
     // `send` for many frames.
     cfg.write_buffer_size = 16 * 1024;
@@ -143,9 +149,10 @@ impl Connection {
     /// Returns the connection and the channel of pushes.
     pub async fn connect(server: &str) -> SdkResult<(Connection, mpsc::UnboundedReceiver<Push>)> {
         let url = ws_url(server);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(ws_config()), true)
-            .await
-            .map_err(|e| SdkError::Io(format!("{url}: {e}")))?;
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(&url, Some(ws_config(READ_BUFFER)), true)
+                .await
+                .map_err(|e| SdkError::Io(format!("{url}: {e}")))?;
         Ok(Self::start(ws))
     }
 
@@ -155,10 +162,23 @@ impl Connection {
         server: &str,
         tcp: tokio::net::TcpStream,
     ) -> SdkResult<(Connection, mpsc::UnboundedReceiver<Push>)> {
+        Self::connect_with_stream_sized(server, tcp, READ_BUFFER).await
+    }
+
+    /// As [`Connection::connect_with_stream`], with a read buffer of
+    /// `read_buffer` bytes (16 KiB otherwise): an idle connection that
+    /// receives only small frames (as the load generator's thousands do)
+    /// needs no more than a page. Larger frames are still read, in parts.
+    pub async fn connect_with_stream_sized(
+        server: &str,
+        tcp: tokio::net::TcpStream,
+        read_buffer: usize,
+    ) -> SdkResult<(Connection, mpsc::UnboundedReceiver<Push>)> {
         let url = ws_url(server);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(&url, tcp, Some(ws_config()))
-            .await
-            .map_err(|e| SdkError::Io(format!("{url}: {e}")))?;
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(&url, tcp, Some(ws_config(read_buffer)))
+                .await
+                .map_err(|e| SdkError::Io(format!("{url}: {e}")))?;
         Ok(Self::start(ws))
     }
 

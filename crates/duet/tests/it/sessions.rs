@@ -143,6 +143,34 @@ async fn accepted_connections_have_tcp_nodelay() {
     assert_eq!(nodelay(std::os::fd::AsRawFd::as_raw_fd(&client)), 0);
 }
 
+/// A connection with a one-page read buffer (as the load generator's idle
+/// connections have) still reads frames several times that size.
+#[tokio::test]
+async fn a_small_read_buffer_reads_large_frames() {
+    let server = TestServer::start().await;
+    let addr = server.url().trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (bob, _pushes) = duet_sdk::Connection::connect_with_stream_sized(&server.url(), tcp, 4096)
+        .await
+        .unwrap();
+    bob.login("bob", &server.sig("bob"), "d", "Linux")
+        .await
+        .unwrap();
+    let alice = server.client("alice").connect().await;
+    let texts: Vec<String> = (0..3).map(|i| format!("{i}").repeat(6000)).collect();
+    for t in &texts {
+        alice.session.send_text("bob", t).await.unwrap();
+    }
+    // One history frame of ~18 KB, read through the 4 KiB buffer.
+    let (page, _) = bob.history("alice", None, 20).await.unwrap();
+    let got: Vec<String> = page
+        .iter()
+        .rev()
+        .map(|i| i.message.body[0].as_text().unwrap().to_string())
+        .collect();
+    assert_eq!(got, texts);
+}
+
 /// The file descriptor of this process's TCP socket whose peer is `peer`.
 fn server_socket_with_peer(peer: std::net::SocketAddr) -> Option<i32> {
     let std::net::SocketAddr::V4(peer) = peer else {
