@@ -134,13 +134,14 @@ async fn accepted_connections_have_tcp_nodelay() {
     let mut buf = [0u8; 12];
     client.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"HTTP/1.1 200");
-    let client_addr = client.local_addr().unwrap();
-    let server_end =
-        server_socket_with_peer(client_addr).expect("the server's end of the connection");
-    assert_eq!(nodelay(server_end), 1, "TCP_NODELAY on the accepted socket");
+    let server_end = nodelay_of_socket_with_peer(client.local_addr().unwrap());
+    assert_eq!(server_end, Some(true), "TCP_NODELAY on the accepted socket");
     // The client's own socket (Nagle left at the system default) shows the
     // probe reads the option rather than a constant.
-    assert_eq!(nodelay(std::os::fd::AsRawFd::as_raw_fd(&client)), 0);
+    assert_eq!(
+        nodelay_of_socket_with_peer(client.peer_addr().unwrap()),
+        Some(false)
+    );
 }
 
 /// A connection with a one-page read buffer (as the load generator's idle
@@ -171,11 +172,10 @@ async fn a_small_read_buffer_reads_large_frames() {
     assert_eq!(got, texts);
 }
 
-/// The file descriptor of this process's TCP socket whose peer is `peer`.
-fn server_socket_with_peer(peer: std::net::SocketAddr) -> Option<i32> {
-    let std::net::SocketAddr::V4(peer) = peer else {
-        return None;
-    };
+/// Whether this process's TCP socket whose peer is `peer` has Nagle off
+/// (`None`: no such socket).
+fn nodelay_of_socket_with_peer(peer: std::net::SocketAddr) -> Option<bool> {
+    use std::os::fd::FromRawFd;
     for entry in std::fs::read_dir("/proc/self/fd").ok()? {
         let entry = entry.ok()?;
         let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -186,36 +186,14 @@ fn server_socket_with_peer(peer: std::net::SocketAddr) -> Option<i32> {
         if !is_socket {
             continue;
         }
-        // SAFETY: `sa` is a properly sized, zeroed sockaddr_in and `len` its size.
-        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let r = unsafe { libc::getpeername(fd, (&raw mut sa).cast(), &mut len) };
-        if r == 0
-            && i32::from(sa.sin_family) == libc::AF_INET
-            && u16::from_be(sa.sin_port) == peer.port()
-            && u32::from_be(sa.sin_addr.s_addr) == u32::from(*peer.ip())
-        {
-            return Some(fd);
+        // SAFETY: `fd` is an open socket of this process; `ManuallyDrop`
+        // leaves it open (its owner, the server, keeps it).
+        let sock = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        if sock.peer_addr().is_ok_and(|a| a == peer) {
+            return sock.nodelay().ok();
         }
     }
     None
-}
-
-fn nodelay(fd: i32) -> libc::c_int {
-    let mut v: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `v` and `len` are valid for the option's size.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&raw mut v).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(r, 0, "getsockopt TCP_NODELAY on fd {fd}");
-    v
 }
 
 #[tokio::test]
