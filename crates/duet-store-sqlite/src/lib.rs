@@ -33,15 +33,19 @@
 #![warn(missing_docs)]
 
 mod accounts;
+mod chunk;
+mod merge;
 mod reads;
 mod rows;
 mod schema;
+mod tail;
 mod writer;
 mod writes;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use duet_proto::{Conversation, Entry, HistoryItem};
@@ -52,7 +56,8 @@ use duet_store::{
 use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
-use crate::writer::{WriteFn, Writer, WriterConfig};
+use crate::tail::Tail;
+use crate::writer::{MergePolicy, MsgIds, WriteFn, Writer, WriterConfig};
 use crate::writes::{EnsureAccount, MarkRead, SetProfile, Sweep};
 
 /// Unread counts stop at this many messages per conversation.
@@ -69,6 +74,18 @@ const POINT_READERS: usize = 4;
 /// The WAL file's size bound in bytes: exceeded by about one batch's pages at
 /// most, unless long reads keep the WAL from starting over.
 const WAL_LIMIT: u64 = 64 * 1024 * 1024;
+/// Message entries the tail holds before the writer merges after each batch
+/// (about 5 MiB): the more entries of a view a merge finds, the fewer chunk
+/// rows it writes per entry.
+const MERGE_BACKLOG: usize = 64 * 1024;
+/// Most entries, and accounts, one merge transaction takes: it holds up the
+/// writes queued behind it for a few milliseconds at most.
+const MERGE_SLICE_ENTRIES: usize = 8 * 1024;
+const MERGE_SLICE_ACCOUNTS: usize = 256;
+/// The writer merges when no write came for this long.
+const MERGE_IDLE: Duration = Duration::from_millis(20);
+/// Entries the tail holds at most (Law 6; about 80 MiB).
+const TAIL_LIMIT: usize = 1024 * 1024;
 
 /// Maps a SQLite error to [`StoreError::Backend`].
 fn db(e: rusqlite::Error) -> StoreError {
@@ -92,6 +109,20 @@ pub struct SqliteOptions {
     pub max_batch: usize,
     /// Told about each committed batch.
     pub observer: Option<Arc<dyn CommitObserver>>,
+    /// Message entries waiting in memory before the writer merges them into
+    /// their conversations' chunks after each batch (default 65,536; 0:
+    /// after every batch).
+    pub merge_backlog: usize,
+    /// Whether the writer also merges when no write came for a moment
+    /// (default true).
+    pub merge_when_idle: bool,
+    /// Most message entries merged in one transaction (default 8,192): it
+    /// bounds how long a merge holds up the writes queued behind it.
+    pub merge_slice: usize,
+    /// Message entries the tail holds at most (default 1,048,576; Law 6):
+    /// reached only while merging fails (a full disk, a damaged chunk);
+    /// sends then fail with [`StoreError::Overloaded`] until it works again.
+    pub tail_limit: usize,
 }
 
 impl SqliteOptions {
@@ -102,6 +133,10 @@ impl SqliteOptions {
             readers: 4,
             max_batch: 2048,
             observer: None,
+            merge_backlog: MERGE_BACKLOG,
+            merge_when_idle: true,
+            merge_slice: MERGE_SLICE_ENTRIES,
+            tail_limit: TAIL_LIMIT,
         }
     }
 }
@@ -113,6 +148,10 @@ impl fmt::Debug for SqliteOptions {
             .field("readers", &self.readers)
             .field("max_batch", &self.max_batch)
             .field("observer", &self.observer.as_ref().map(|_| "…"))
+            .field("merge_backlog", &self.merge_backlog)
+            .field("merge_when_idle", &self.merge_when_idle)
+            .field("merge_slice", &self.merge_slice)
+            .field("tail_limit", &self.tail_limit)
             .finish()
     }
 }
@@ -151,6 +190,8 @@ impl Readers {
 pub struct SqliteStore {
     epoch: String,
     writer: Writer,
+    /// Message entries not merged into chunks yet (filled by the writer).
+    tail: Arc<Tail>,
     readers: Arc<Readers>,
     /// Connections for point lookups run on the calling task (see
     /// [`SqliteStore::point_read`]).
@@ -172,6 +213,14 @@ impl SqliteStore {
     pub fn open(opts: SqliteOptions) -> Result<Self, StoreError> {
         let mut conn = schema::open_writer(&opts.path, WAL_LIMIT)?;
         let epoch = schema::migrate(&mut conn)?;
+        let recovered = merge::recover(&conn).map_err(db)?;
+        if recovered.remerged > 0 {
+            tracing::info!(
+                entries = recovered.remerged,
+                "sqlite store: merged the entries the last run left in its tail"
+            );
+        }
+        let tail = Arc::new(Tail::default());
         let readers = opts.readers.max(1);
         let idle = (0..readers)
             .map(|_| schema::open_reader(&opts.path))
@@ -188,12 +237,25 @@ impl SqliteStore {
                 cached_accounts: CACHED_ACCOUNTS,
                 wal_limit: WAL_LIMIT,
                 observer: opts.observer,
+                tail: Arc::clone(&tail),
+                ids: MsgIds {
+                    next: recovered.next_msg_id,
+                    merged_below: recovered.next_msg_id,
+                },
+                merge: MergePolicy {
+                    backlog: opts.merge_backlog,
+                    when_idle: opts.merge_when_idle.then_some(MERGE_IDLE),
+                    slice_entries: opts.merge_slice.max(1),
+                    slice_accounts: MERGE_SLICE_ACCOUNTS.min(opts.merge_slice).max(1),
+                    limit: opts.tail_limit,
+                },
             },
         )?;
         tracing::info!(path = %opts.path.display(), %epoch, "sqlite store opened");
         Ok(SqliteStore {
             epoch,
             writer,
+            tail,
             readers: Arc::new(Readers {
                 path: opts.path,
                 idle: Mutex::new(idle),
@@ -365,7 +427,8 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let user = user.to_owned();
-        self.read(move |c| reads::sync(c, &user, after, upto, per_conversation, limit))
+        let tail = Arc::clone(&self.tail);
+        self.read(move |c| reads::sync(c, &tail, &user, after, upto, per_conversation, limit))
             .await
     }
 
@@ -380,8 +443,9 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let (user, peer) = (user.to_owned(), peer.to_owned());
-        // A page is one index range of at most MAX_HISTORY_PAGE rows.
-        self.point_read(move |c| reads::history(c, &user, &peer, before, count))
+        let tail = Arc::clone(&self.tail);
+        // A page is a few chunks and at most MAX_HISTORY_PAGE message rows.
+        self.point_read(move |c| reads::history(c, &tail, &user, &peer, before, count))
             .await
     }
 
@@ -395,7 +459,8 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let user = user.to_owned();
-        self.read(move |c| reads::conversations(c, &user, offset, count))
+        let tail = Arc::clone(&self.tail);
+        self.read(move |c| reads::conversations(c, &tail, &user, offset, count))
             .await
     }
 
@@ -422,6 +487,9 @@ impl Store for SqliteStore {
     }
 
     async fn sweep(&self, cutoff_ms: u64, chunk: u32) -> StoreResult<SweepReport> {
+        // The sweep removes expired messages with their entries from the
+        // chunks: the entries waiting in the tail go there first.
+        self.writer.merge_all().await?;
         let (_, report) = self
             .write(Sweep { cutoff_ms, chunk }, writes::sweep)
             .await?;

@@ -5,7 +5,8 @@ use duet_store::Account;
 use rusqlite::Row;
 use rusqlite::types::Type;
 
-/// Timeline entry kind: a message (`msg_id` set).
+/// Timeline entry kind of a message in schemas before 5 (`msg_id` set):
+/// message entries are chunks since.
 pub(crate) const KIND_MESSAGE: i64 = 0;
 /// Timeline entry kind: a recall (`payload` is a [`Recall`]).
 pub(crate) const KIND_RECALL: i64 = 1;
@@ -13,9 +14,9 @@ pub(crate) const KIND_RECALL: i64 = 1;
 pub(crate) const KIND_READ: i64 = 2;
 
 /// Message entry flag: a received message that counts as unread.
-pub(crate) const ENTRY_UNREAD: i64 = 1;
+pub(crate) const ENTRY_UNREAD: u8 = 1;
 /// Message entry flag: sent with no-last-msg (not its view's last message).
-pub(crate) const ENTRY_NO_LAST: i64 = 2;
+pub(crate) const ENTRY_NO_LAST: u8 = 2;
 
 /// The message columns read by [`message_at`], from table alias `m`.
 macro_rules! msg_cols {
@@ -29,7 +30,7 @@ pub(crate) use msg_cols;
 /// A row that does not decode.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CorruptRow {
-    /// Unknown `timeline.kind`.
+    /// Unknown (or message) `timeline.kind`.
     #[error("unknown timeline entry kind {0}")]
     UnknownKind(i64),
     /// A JSON column does not parse.
@@ -86,12 +87,9 @@ pub(crate) fn message_at(row: &Row<'_>, i: usize) -> rusqlite::Result<Message> {
     })
 }
 
-/// A timeline entry from `seq, ts, kind, payload, msg_cols!()`.
-pub(crate) fn entry_at(row: &Row<'_>) -> rusqlite::Result<Entry> {
+/// A recall or read report entry from `seq, ts, kind, payload`.
+pub(crate) fn event_at(row: &Row<'_>) -> rusqlite::Result<Entry> {
     let kind = match row.get::<_, i64>(2)? {
-        KIND_MESSAGE => EntryKind::Message {
-            message: message_at(row, 4)?,
-        },
         KIND_RECALL => {
             let recall: Recall = json_at!(row, 3);
             EntryKind::Recall(recall)

@@ -8,8 +8,28 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::db;
 
+/// One migration: SQL, then (for data SQL cannot reshape) a step in Rust,
+/// in the same transaction.
+pub(crate) struct Migration {
+    pub(crate) sql: &'static str,
+    step: Option<fn(&Connection) -> rusqlite::Result<()>>,
+}
+
+const fn sql(sql: &'static str) -> Migration {
+    Migration { sql, step: None }
+}
+
 /// Migrations, applied in order; migration `i` brings `user_version` to `i + 1`.
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    sql(MIGRATION_1),
+    sql(MIGRATION_2),
+    sql(MIGRATION_3),
+    sql(MIGRATION_4),
+    Migration {
+        sql: MIGRATION_5,
+        step: Some(migrate_5),
+    },
+];
 
 /// Migration 1: the whole schema.
 ///
@@ -247,6 +267,70 @@ INSERT INTO conversation_state (uid, peer_uid, read_seq, read_time, peer_read_ti
 DROP TABLE conversations;
 ";
 
+/// Migration 5: message entries in chunks, merged from an in-memory tail.
+///
+/// A send wrote two timeline rows and their two `timeline_history` entries:
+/// four B-tree inserts at places spread over the whole file, each writing a
+/// page per commit, half of the server's time per message. Now a send writes
+/// its message row only; its entries wait in the writer's tail (in memory)
+/// and are merged later, many at a time, into `chunks`: one row per run of up
+/// to 96 consecutive message entries of one view `(uid, peer_uid)`, packed
+/// (see `chunk`). `chunks_by_seq` finds an account's chunks for `sync`.
+///
+/// - `timeline` keeps the other entries (recalls, read reports);
+///   `timeline_history` goes;
+/// - `messages.entry_ts` and `entry_flags` (the recipient entry's flags)
+///   keep what the entries of a message not merged yet need, so that
+///   recovery at open can merge them again (`meta.merged_below`: every
+///   message below that id is merged).
+///
+/// The existing message entries are moved into chunks by [`migrate_5`].
+const MIGRATION_5: &str = "
+ALTER TABLE messages ADD COLUMN entry_ts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN entry_flags INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE chunks (
+    uid       INTEGER NOT NULL,
+    peer_uid  INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq  INTEGER NOT NULL,
+    entries   BLOB NOT NULL,
+    PRIMARY KEY (uid, peer_uid, first_seq)
+) WITHOUT ROWID;
+CREATE INDEX chunks_by_seq ON chunks (uid, last_seq);
+";
+
+/// Moves the message rows of `timeline` into chunks, view by view, and
+/// records that every message is merged.
+fn migrate_5(conn: &Connection) -> rusqlite::Result<()> {
+    let mut views = crate::merge::Views::default();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT uid, peer_uid, seq, ts, msg_id, flags FROM timeline \
+             WHERE kind = ?1 ORDER BY uid, peer_uid, seq",
+        )?;
+        let mut rows = stmt.query([crate::rows::KIND_MESSAGE])?;
+        while let Some(r) = rows.next()? {
+            views.push(
+                r.get(0)?,
+                r.get(1)?,
+                crate::chunk::ChunkEntry {
+                    seq: crate::rows::u64_at(r, 2)?,
+                    ts: crate::rows::u64_at(r, 3)?,
+                    msg_id: r.get(4)?,
+                    flags: u8::try_from(r.get::<_, i64>(5)?).unwrap_or_default(),
+                },
+            );
+        }
+    }
+    views.append(conn, false)?;
+    conn.execute_batch(
+        "DELETE FROM timeline WHERE kind = 0;
+         DROP INDEX timeline_history;",
+    )?;
+    let next = crate::merge::max_msg_id(conn)? + 1;
+    crate::merge::set_merged_below(conn, next)
+}
+
 const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 /// Page cache per reader connection, in KiB (negative `cache_size`).
 const CACHE_KIB: i64 = 32 * 1024;
@@ -356,10 +440,13 @@ pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<String> {
                 MIGRATIONS.len()
             )));
         };
-        let Some(sql) = MIGRATIONS.get(index) else {
+        let Some(migration) = MIGRATIONS.get(index) else {
             break; // Up to date.
         };
-        tx.execute_batch(sql).map_err(db)?;
+        tx.execute_batch(migration.sql).map_err(db)?;
+        if let Some(step) = migration.step {
+            step(&tx).map_err(db)?;
+        }
         if index == 0 {
             let epoch = format!("{:032x}", rand::random::<u128>());
             tx.execute(
@@ -426,7 +513,7 @@ mod tests {
         assert_eq!(version, MIGRATIONS.len() as i64);
         assert_eq!(
             indexes(&conn),
-            vec!["messages_time", "timeline_events", "timeline_history"],
+            vec!["chunks_by_seq", "messages_time", "timeline_events"],
             "only the indexes the write path keeps"
         );
         let tables: Vec<String> = conn
@@ -437,12 +524,14 @@ mod tests {
             tables,
             vec![
                 "accounts",
+                "chunks",
                 "conversation_state",
                 "messages",
                 "meta",
                 "timeline"
             ],
-            "conversation views are derived from the timeline (migration 4)"
+            "conversation views are derived from the timeline (migration 4), message \
+             entries are chunks (migration 5)"
         );
         let kept: i64 = conn
             .query_row("SELECT count(*) FROM conversation_state", [], |r| r.get(0))
@@ -504,8 +593,8 @@ mod upgrade_tests {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let path = dir.path().join("duet.db");
         let conn = Connection::open(&path).expect("open");
-        for sql in &MIGRATIONS[..version] {
-            conn.execute_batch(sql).expect("old migrations");
+        for m in &MIGRATIONS[..version] {
+            conn.execute_batch(m.sql).expect("old migrations");
         }
         conn.execute_batch(data).expect("old data");
         (dir, path)

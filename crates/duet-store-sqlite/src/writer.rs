@@ -21,6 +21,15 @@
 //! inside the batch's transaction (Law 3). `PRAGMA data_version` is checked at
 //! each `BEGIN`: if any other connection wrote, the cache is dropped.
 //!
+//! **Message entries wait in the [`Tail`]** (see `tail`): a send writes its
+//! message row only; its entries are published to the tail before `COMMIT`
+//! (pending), marked committed after it, retracted if it fails. Between
+//! batches, once the tail holds more than `merge_backlog` entries (or the
+//! queue has been idle a moment), the writer merges the oldest accounts'
+//! entries into their views' chunks, a bounded slice per transaction, and
+//! records in `meta.merged_below` the message id below which every message's
+//! entries are merged. Recovery at open re-merges the messages from there.
+//!
 //! **Checkpoints** run on a [`Checkpointer`] thread with its own connection
 //! (`wal_autocheckpoint` is off on the writer), so copying the WAL back into
 //! the database does not stall commits. If it falls far behind, the writer
@@ -38,6 +47,9 @@ use rusqlite::{Connection, Statement};
 use tokio::sync::oneshot;
 
 use crate::accounts::{AccountState, Accounts};
+use crate::chunk::ChunkEntry;
+use crate::merge::{self, Views};
+use crate::tail::{Tail, TailEntry};
 use crate::{CommitObserver, db, schema};
 
 /// A write job's view of the transaction: the connection, its prepared
@@ -46,6 +58,24 @@ pub(crate) struct Tx<'a, 'c> {
     conn: &'c Connection,
     stmts: &'a mut Statements<'c>,
     accounts: &'a mut Accounts,
+    tail: &'a Tail,
+    /// The message entries of this transaction's jobs so far (published to
+    /// the tail just before `COMMIT`).
+    fresh: &'a mut Vec<(i64, TailEntry)>,
+    ids: &'a mut MsgIds,
+    tail_limit: usize,
+}
+
+/// Message ids: the next one to give, and the merge point.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MsgIds {
+    /// The id the next stored message gets (ids only grow, even across a
+    /// sweep that removed the newest messages, so that every message written
+    /// after a merge is above its merge point).
+    pub(crate) next: i64,
+    /// Every message below this id has its entries in `chunks`
+    /// (`meta.merged_below`, as last committed).
+    pub(crate) merged_below: i64,
 }
 
 impl<'c> Tx<'_, 'c> {
@@ -78,6 +108,46 @@ impl<'c> Tx<'_, 'c> {
     /// Records `user`'s new profile (or new account) written by this job.
     pub(crate) fn put_account(&mut self, user: &str, state: AccountState) {
         self.accounts.put(user, state, false);
+    }
+
+    /// The id for a new message row. Call only for a message about to be
+    /// inserted (an unused id is a harmless gap).
+    pub(crate) fn take_msg_id(&mut self) -> i64 {
+        let id = self.ids.next;
+        self.ids.next += 1;
+        id
+    }
+
+    /// Adds a message entry of account `uid` (in increasing `seq` per
+    /// account); it joins the tail when the transaction commits.
+    pub(crate) fn push_entry(&mut self, uid: i64, entry: TailEntry) {
+        self.fresh.push((uid, entry));
+    }
+
+    /// Whether the tail is full (merging is failing or far behind): new
+    /// message entries must wait (Law 6).
+    pub(crate) fn tail_full(&self) -> bool {
+        self.tail.len() + self.fresh.len() >= self.tail_limit
+    }
+
+    /// Every message with a lower id has its entries merged (and no message
+    /// written in this transaction has).
+    pub(crate) fn merged_below(&self) -> i64 {
+        self.ids.merged_below
+    }
+
+    /// Whether `uid`'s view of `peer_uid` holds a message entry: written
+    /// by this transaction, waiting in the tail, or merged.
+    pub(crate) fn has_messages(&mut self, uid: i64, peer_uid: i64) -> StoreResult<bool> {
+        if self
+            .fresh
+            .iter()
+            .any(|(u, e)| *u == uid && e.peer_uid == peer_uid)
+            || self.tail.has_peer(uid, peer_uid)
+        {
+            return Ok(true);
+        }
+        merge::has_chunks(self.conn, uid, peer_uid).map_err(db)
     }
 }
 
@@ -171,6 +241,8 @@ impl<I: Send, W: Send> Job for Typed<I, W> {
 
 enum Msg {
     Job(Box<dyn Job>),
+    /// Merge every committed tail entry, then answer.
+    MergeAll(oneshot::Sender<StoreResult<()>>),
     Shutdown,
 }
 
@@ -187,6 +259,27 @@ pub(crate) struct WriterConfig {
     pub(crate) wal_limit: u64,
     /// Told about each committed batch.
     pub(crate) observer: Option<Arc<dyn CommitObserver>>,
+    /// The tail the writer fills and merges (shared with the readers).
+    pub(crate) tail: Arc<Tail>,
+    /// Message ids, as recovery left them.
+    pub(crate) ids: MsgIds,
+    /// When to merge.
+    pub(crate) merge: MergePolicy,
+}
+
+/// When the writer merges the tail into chunks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MergePolicy {
+    /// Entries the tail may hold before the writer merges after each batch.
+    pub(crate) backlog: usize,
+    /// Merge whenever no write came for this long (`None`: never when idle).
+    pub(crate) when_idle: Option<Duration>,
+    /// Most entries merged in one transaction.
+    pub(crate) slice_entries: usize,
+    /// Most accounts merged in one transaction.
+    pub(crate) slice_accounts: usize,
+    /// Entries the tail holds at most: past it sends fail with `Overloaded`.
+    pub(crate) limit: usize,
 }
 
 /// Handle to the writer thread (and its checkpointer).
@@ -213,6 +306,11 @@ impl Writer {
             data_version: None,
             observer: cfg.observer,
             checkpoints: Arc::clone(&checkpointer.shared),
+            tail: cfg.tail,
+            fresh: Vec::new(),
+            batch_no: 0,
+            ids: cfg.ids,
+            merge: cfg.merge,
         };
         let thread_queued = Arc::clone(&queued);
         let max_batch = cfg.max_batch.max(1);
@@ -273,6 +371,25 @@ impl Writer {
             return Err(StoreError::Closed);
         }
         // A dropped job (the writer stopped before taking it) never ran.
+        // The answer is taken outside tokio's scheduling budget: jobs are
+        // answered in commit order and their callers woken in that order;
+        // a caller refused by the budget would wake itself again behind the
+        // callers of the next commit, and could deliver after them.
+        tokio::task::unconstrained(rx)
+            .await
+            .unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Merges every committed tail entry into chunks (in slices), after the
+    /// writes queued before this call.
+    pub(crate) async fn merge_all(&self) -> StoreResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::MergeAll(tx)).is_err() {
+            return Err(StoreError::Closed);
+        }
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
@@ -300,6 +417,13 @@ struct WriterState {
     data_version: Option<i64>,
     observer: Option<Arc<dyn CommitObserver>>,
     checkpoints: Arc<CheckpointShared>,
+    tail: Arc<Tail>,
+    /// The running transaction's message entries.
+    fresh: Vec<(i64, TailEntry)>,
+    /// Transactions run so far (the running one's number, once begun).
+    batch_no: u64,
+    ids: MsgIds,
+    merge: MergePolicy,
 }
 
 fn writer_loop(
@@ -312,13 +436,28 @@ fn writer_loop(
     let conn = &conn;
     let mut stmts = Statements::new(conn);
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
+    let mut merge_all: Vec<oneshot::Sender<StoreResult<()>>> = Vec::new();
     let mut shutting_down = false;
     loop {
-        // Block for the first job, unless shutting down (then finish what is queued).
+        // Block for the first job, unless shutting down (then finish what is
+        // queued); with entries waiting in the tail, merge them whenever no
+        // write comes for a moment.
         let first = if shutting_down {
             rx.try_recv().ok()
         } else {
-            rx.recv().ok()
+            match st.merge.when_idle.filter(|_| st.tail.len() > 0) {
+                Some(idle) => match rx.recv_timeout(idle) {
+                    Ok(msg) => Some(msg),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        // A failed merge is logged; the entries stay and are
+                        // merged later.
+                        let _ = merge_slice(conn, &mut st);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                },
+                None => rx.recv().ok(),
+            }
         };
         match first {
             None => break,
@@ -326,21 +465,98 @@ fn writer_loop(
                 shutting_down = true;
                 continue;
             }
+            Some(Msg::MergeAll(reply)) => merge_all.push(reply),
             Some(Msg::Job(job)) => batch.push(job),
         }
-        while batch.len() < max_batch {
+        // A merge request ends the batch: it covers the writes before it.
+        while batch.len() < max_batch && merge_all.is_empty() {
             match rx.try_recv() {
                 Ok(Msg::Job(job)) => batch.push(job),
+                Ok(Msg::MergeAll(reply)) => merge_all.push(reply),
                 Ok(Msg::Shutdown) => shutting_down = true,
                 Err(_) => break,
             }
         }
         let jobs = batch.len();
-        commit_batch(conn, &mut stmts, &mut st, &mut batch, Instant::now());
-        queued.fetch_sub(jobs, Ordering::AcqRel);
+        if jobs > 0 {
+            commit_batch(conn, &mut stmts, &mut st, &mut batch, Instant::now());
+            queued.fetch_sub(jobs, Ordering::AcqRel);
+        }
+        for reply in merge_all.drain(..) {
+            let _ = reply.send(merge_everything(conn, &mut st));
+        }
+        // Keep the tail near its backlog: a few slices after each batch.
+        let mut slices = 0;
+        while st.tail.len() > st.merge.backlog && slices < MERGES_PER_BATCH {
+            if merge_slice(conn, &mut st).is_err() {
+                break;
+            }
+            slices += 1;
+        }
         st.checkpoints.after_commit(conn);
     }
     tracing::debug!("sqlite store: writer stopped");
+}
+
+/// Most merge transactions between two batches.
+const MERGES_PER_BATCH: usize = 4;
+
+/// Merges the oldest accounts' tail entries (one slice) into their views'
+/// chunks in one transaction, and moves the merge point; the entries leave
+/// the tail once that committed. Returns the entries merged.
+fn merge_slice(conn: &Connection, st: &mut WriterState) -> StoreResult<usize> {
+    let taken = st
+        .tail
+        .take(st.merge.slice_entries, st.merge.slice_accounts);
+    if taken.is_empty() {
+        return Ok(0);
+    }
+    let mut views = Views::default();
+    let mut n = 0;
+    for t in &taken {
+        for e in &t.entries {
+            views.push(
+                t.uid,
+                e.peer_uid,
+                ChunkEntry {
+                    seq: e.seq,
+                    ts: e.ts,
+                    msg_id: e.msg_id,
+                    flags: e.flags,
+                },
+            );
+            n += 1;
+        }
+    }
+    let below = st
+        .tail
+        .min_msg_id_besides(&taken)
+        .map_or(st.ids.next, |m| m.min(st.ids.next));
+    let run = || -> StoreResult<()> {
+        exec(conn, "BEGIN IMMEDIATE")?;
+        views.append(conn, false).map_err(db)?;
+        merge::set_merged_below(conn, below).map_err(db)?;
+        exec(conn, "COMMIT")
+    };
+    match run() {
+        Ok(()) => {
+            st.tail.drop_merged(&taken);
+            st.ids.merged_below = below;
+            tracing::trace!(entries = n, views = views.len(), "sqlite store: merged");
+            Ok(n)
+        }
+        Err(e) => {
+            rollback(conn);
+            tracing::error!(error = %e, "sqlite store: merging the tail failed");
+            Err(e)
+        }
+    }
+}
+
+/// Merges every tail entry (all committed, between batches).
+fn merge_everything(conn: &Connection, st: &mut WriterState) -> StoreResult<()> {
+    while merge_slice(conn, st)? > 0 {}
+    Ok(())
 }
 
 fn exec(conn: &Connection, sql: &str) -> StoreResult<()> {
@@ -428,7 +644,8 @@ fn commit_batch<'c>(
     }
 }
 
-/// `BEGIN IMMEDIATE`, dropping the account cache if another connection wrote.
+/// `BEGIN IMMEDIATE`, dropping the account cache if another connection wrote
+/// (and taking message ids above any it stored).
 fn begin(conn: &Connection, st: &mut WriterState) -> StoreResult<()> {
     exec(conn, "BEGIN IMMEDIATE")?;
     let version: i64 = conn
@@ -438,6 +655,8 @@ fn begin(conn: &Connection, st: &mut WriterState) -> StoreResult<()> {
     if st.data_version != Some(version) {
         if st.data_version.is_some() {
             tracing::info!("sqlite store: another connection wrote; account cache dropped");
+            let top = merge::max_msg_id(conn).map_err(db)?;
+            st.ids.next = st.ids.next.max(top + 1);
         }
         st.accounts.invalidate();
         st.data_version = Some(version);
@@ -445,31 +664,56 @@ fn begin(conn: &Connection, st: &mut WriterState) -> StoreResult<()> {
     Ok(())
 }
 
-/// Runs `jobs` in one transaction and commits it.
+/// Runs `jobs` in one transaction and commits it; the jobs' message entries
+/// join the tail (pending before `COMMIT`, committed after, retracted if it
+/// fails).
 fn run_jobs<'c>(
     conn: &'c Connection,
     stmts: &mut Statements<'c>,
     st: &mut WriterState,
     jobs: &mut [Box<dyn Job>],
 ) -> Result<(), Failed> {
+    st.fresh.clear();
     begin(conn, st).map_err(Failed::Tx)?;
+    let tail_limit = st.merge.limit;
     for (i, job) in jobs.iter_mut().enumerate() {
+        let mark = st.fresh.len();
         let mut tx = Tx {
             conn,
             stmts,
             accounts: &mut st.accounts,
+            tail: &st.tail,
+            fresh: &mut st.fresh,
+            ids: &mut st.ids,
+            tail_limit,
         };
         match job.run(&mut tx) {
             Ran::Ok => st.accounts.job_succeeded(),
-            Ran::Refused => st.accounts.job_failed(),
+            Ran::Refused => {
+                st.fresh.truncate(mark);
+                st.accounts.job_failed();
+            }
             Ran::Dirty => {
+                st.fresh.truncate(mark);
                 st.accounts.job_failed();
                 return Err(Failed::Dirty(i));
             }
         }
     }
     st.accounts.write_heads(conn).map_err(Failed::Tx)?;
-    exec(conn, "COMMIT").map_err(Failed::Tx)
+    st.batch_no += 1;
+    st.tail.publish(st.batch_no, &st.fresh);
+    match exec(conn, "COMMIT") {
+        Ok(()) => {
+            st.tail.commit(st.batch_no);
+            Ok(())
+        }
+        Err(e) => {
+            st.tail
+                .retract(st.batch_no, st.fresh.iter().map(|(uid, _)| *uid));
+            Err(Failed::Tx(e))
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -673,6 +917,7 @@ mod tests {
         let path = dir.path().join("duet.db");
         let mut conn = schema::open_writer(&path, wal_limit).expect("open");
         schema::migrate(&mut conn).expect("migrate");
+        let recovered = merge::recover(&conn).expect("recover");
         conn.execute_batch("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v BLOB)")
             .expect("test table");
         let batches = Arc::new(Batches::default());
@@ -685,6 +930,19 @@ mod tests {
                 cached_accounts,
                 wal_limit,
                 observer: Some(batches.clone()),
+                tail: Arc::new(Tail::default()),
+                ids: MsgIds {
+                    next: recovered.next_msg_id,
+                    merged_below: recovered.next_msg_id,
+                },
+                // Merged only when asked: a batch's entries stay in the tail.
+                merge: MergePolicy {
+                    backlog: usize::MAX,
+                    when_idle: None,
+                    slice_entries: 8,
+                    slice_accounts: 2,
+                    limit: 1 << 20,
+                },
             },
         )
         .expect("writer");
@@ -769,6 +1027,26 @@ mod tests {
         fn count(&self, sql: &str) -> i64 {
             let conn = Connection::open(&self.path).expect("open");
             conn.query_row(sql, [], |r| r.get(0)).expect("count")
+        }
+
+        /// Message entries in chunks.
+        fn entries(&self) -> usize {
+            let conn = Connection::open(&self.path).expect("open");
+            let mut s = conn
+                .prepare("SELECT first_seq, entries FROM chunks")
+                .expect("prepare");
+            s.query_map([], |r| {
+                let first: i64 = r.get(0)?;
+                let blob: Vec<u8> = r.get(1)?;
+                Ok(
+                    crate::chunk::decode(&blob, u64::try_from(first).unwrap_or_default())
+                        .expect("chunk decodes")
+                        .len(),
+                )
+            })
+            .expect("query")
+            .map(|n| n.expect("row"))
+            .sum()
         }
     }
 
@@ -1013,8 +1291,15 @@ mod tests {
         assert_eq!(heads(&f), expected, "heads are written back");
         assert_eq!(
             f.count("SELECT count(*) FROM timeline"),
+            0,
+            "message entries are not rows"
+        );
+        assert_eq!(f.entries(), 0, "nothing merged yet");
+        f.writer.merge_all().await.expect("merge");
+        assert_eq!(
+            f.entries(),
             10,
-            "one entry per number given"
+            "one entry per number given, merged in slices"
         );
         assert_eq!(
             f.count("SELECT count(*) FROM t"),

@@ -7,8 +7,11 @@
 //! Jobs read their input by reference: they may run more than once.
 //!
 //! Timeline numbers come from [`Tx::next_seq`], taken only once the job is
-//! sure to write the entry (Law 3).
+//! sure to write the entry (Law 3). A message's entries are not rows: they
+//! go to the tail with the transaction ([`Tx::push_entry`]) and are merged
+//! into their views' chunks later (see `tail`, `merge`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use duet_proto::model::FLAG_RECALLED;
@@ -21,10 +24,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::accounts::AccountState;
 use crate::db;
+use crate::merge;
 use crate::rows::{
-    ENTRY_NO_LAST, ENTRY_UNREAD, KIND_MESSAGE, KIND_READ, KIND_RECALL, account_at, message_at,
-    msg_cols, sql_u64, u64_at,
+    ENTRY_NO_LAST, ENTRY_UNREAD, KIND_READ, KIND_RECALL, account_at, message_at, msg_cols, sql_u64,
+    u64_at,
 };
+use crate::tail::TailEntry;
 use crate::writer::Tx;
 
 const SELECT_ACCOUNT: &str =
@@ -135,32 +140,6 @@ pub(crate) fn set_profile(tx: &mut Tx<'_, '_>, req: &SetProfile) -> StoreResult<
     Ok(account)
 }
 
-fn insert_message_entry(
-    tx: &mut Tx<'_, '_>,
-    uid: i64,
-    seq: u64,
-    ts: u64,
-    peer_uid: i64,
-    msg_id: i64,
-    flags: i64,
-) -> StoreResult<()> {
-    tx.stmt(
-        "INSERT INTO timeline (uid, seq, ts, kind, peer_uid, msg_id, flags) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        uid,
-        sql_u64(seq),
-        sql_u64(ts),
-        KIND_MESSAGE,
-        peer_uid,
-        msg_id,
-        flags
-    ])
-    .map_err(db)?;
-    Ok(())
-}
-
 fn insert_payload_entry(
     conn: &Connection,
     uid: i64,
@@ -242,14 +221,28 @@ pub(crate) fn send(tx: &mut Tx<'_, '_>, msg: &NewMessage) -> StoreResult<SendWri
     // The numbers the entries will get, if the message is new.
     let recipient_seq = recipient.head + 1;
     let sender_seq = sender_copy.then_some(sender.head + 1);
+    // The conversation views are derived from the entries (see migration 4):
+    // the recipient's counts as unread unless told otherwise.
+    let no_last = if msg.no_last_msg { ENTRY_NO_LAST } else { 0 };
+    let unread = if msg.no_unread || self_send {
+        0
+    } else {
+        ENTRY_UNREAD
+    };
+    if tx.tail_full() {
+        return Err(StoreError::Overloaded);
+    }
 
-    // Idempotency: the unique key refuses a retry, which then gets the original.
+    // Idempotency: the unique key refuses a retry, which then gets the
+    // original. The row also keeps what its entries need for recovery
+    // (`entry_ts`, the recipient's `entry_flags`).
+    let msg_id = tx.take_msg_id();
     let inserted = tx
         .stmt(
-            "INSERT INTO messages (sender_uid, receiver_uid, sender, receiver, msg_seq, \
+            "INSERT INTO messages (msg_id, sender_uid, receiver_uid, sender, receiver, msg_seq, \
                msg_random, msg_time, body, cloud_custom_data, nick, face_url, flags, \
-               sender_seq, recipient_seq) \
-             VALUES (?11, ?12, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?13) \
+               sender_seq, recipient_seq, entry_ts, entry_flags) \
+             VALUES (?14, ?11, ?12, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?13, ?15, ?16) \
              ON CONFLICT (sender_uid, msg_seq, msg_random) DO NOTHING",
         )?
         .execute(params![
@@ -266,6 +259,9 @@ pub(crate) fn send(tx: &mut Tx<'_, '_>, msg: &NewMessage) -> StoreResult<SendWri
             sender.uid,
             recipient.uid,
             sql_u64(recipient_seq),
+            msg_id,
+            sql_u64(msg.now_ms),
+            unread | no_last,
         ])
         .map_err(db)?;
     if inserted == 0 {
@@ -273,26 +269,18 @@ pub(crate) fn send(tx: &mut Tx<'_, '_>, msg: &NewMessage) -> StoreResult<SendWri
             StoreError::Backend("a message both exists and does not (unique key)".into())
         });
     }
-    let msg_id = tx.conn().last_insert_rowid();
     let (to, from) = (recipient.uid, sender.uid);
-    // The conversation views are derived from these entries (see migration 4).
-    let no_last = if msg.no_last_msg { ENTRY_NO_LAST } else { 0 };
-    let unread = if msg.no_unread || self_send {
-        0
-    } else {
-        ENTRY_UNREAD
-    };
-    insert_message_entry(
-        tx,
-        to,
-        recipient_seq,
-        msg.now_ms,
-        from,
+    let entry = |seq: u64, peer_uid: i64, flags: u8| TailEntry {
+        seq,
+        ts: msg.now_ms,
+        peer_uid,
         msg_id,
-        unread | no_last,
-    )?;
+        flags,
+        batch: 0,
+    };
+    tx.push_entry(to, entry(recipient_seq, from, unread | no_last));
     if let Some(seq) = sender_seq {
-        insert_message_entry(tx, from, seq, msg.now_ms, to, msg_id, no_last)?;
+        tx.push_entry(from, entry(seq, to, no_last));
     }
     tx.next_seq(&msg.to, &recipient);
     if sender_seq.is_some() {
@@ -374,7 +362,6 @@ pub(crate) fn mark_read(tx: &mut Tx<'_, '_>, req: &MarkRead) -> StoreResult<Read
     };
     let payload = serde_json::to_string(&report).map_err(|e| StoreError::Backend(e.to_string()))?;
 
-    let conn = tx.conn();
     let reader_seq = reader.head + 1;
     // The peer's account key: the reader's own for a conversation with
     // oneself, 0 for a peer without an account (it has no conversation).
@@ -383,28 +370,36 @@ pub(crate) fn mark_read(tx: &mut Tx<'_, '_>, req: &MarkRead) -> StoreResult<Read
         None if user == peer => reader.uid,
         None => 0,
     };
+    // Only a view that exists has a read state.
+    let reader_view = peer_uid != 0 && tx.has_messages(reader.uid, peer_uid)?;
+    let peer_view = match &peer_account {
+        Some(account) => tx.has_messages(account.uid, reader.uid)?,
+        None => false,
+    };
+    let conn = tx.conn();
     insert_payload_entry(
         conn, reader.uid, reader_seq, req.now_ms, KIND_READ, peer_uid, &payload,
     )?;
     // Everything in the reader's timeline so far is read: its unread count
-    // is zero until the next message (only a view that exists has a state).
-    conn.prepare_cached(
-        "INSERT INTO conversation_state (uid, peer_uid, read_seq, read_time) \
-         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM timeline INDEXED BY timeline_history \
-           WHERE uid = ?1 AND peer_uid = ?2 AND kind = 0) \
-         ON CONFLICT (uid, peer_uid) DO UPDATE SET \
-           read_seq = MAX(read_seq, excluded.read_seq), \
-           read_time = MAX(read_time, excluded.read_time)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            reader.uid,
-            peer_uid,
-            sql_u64(reader.head),
-            sql_u64(req.read_time)
-        ])
-    })
-    .map_err(db)?;
+    // is zero until the next message.
+    if reader_view {
+        conn.prepare_cached(
+            "INSERT INTO conversation_state (uid, peer_uid, read_seq, read_time) \
+             VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (uid, peer_uid) DO UPDATE SET \
+               read_seq = MAX(read_seq, excluded.read_seq), \
+               read_time = MAX(read_time, excluded.read_time)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                reader.uid,
+                peer_uid,
+                sql_u64(reader.head),
+                sql_u64(req.read_time)
+            ])
+        })
+        .map_err(db)?;
+    }
     let peer_entry = match &peer_account {
         Some(account) => {
             let seq = account.head + 1;
@@ -417,15 +412,18 @@ pub(crate) fn mark_read(tx: &mut Tx<'_, '_>, req: &MarkRead) -> StoreResult<Read
                 reader.uid,
                 &payload,
             )?;
-            conn.prepare_cached(
-                "INSERT INTO conversation_state (uid, peer_uid, peer_read_time) \
-                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM timeline INDEXED BY timeline_history \
-                   WHERE uid = ?1 AND peer_uid = ?2 AND kind = 0) \
-                 ON CONFLICT (uid, peer_uid) DO UPDATE SET \
-                   peer_read_time = MAX(peer_read_time, excluded.peer_read_time)",
-            )
-            .and_then(|mut s| s.execute(params![account.uid, reader.uid, sql_u64(req.read_time)]))
-            .map_err(db)?;
+            if peer_view {
+                conn.prepare_cached(
+                    "INSERT INTO conversation_state (uid, peer_uid, peer_read_time) \
+                     VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (uid, peer_uid) DO UPDATE SET \
+                       peer_read_time = MAX(peer_read_time, excluded.peer_read_time)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![account.uid, reader.uid, sql_u64(req.read_time)])
+                })
+                .map_err(db)?;
+            }
             Some(Entry {
                 seq,
                 ts: req.now_ms,
@@ -552,20 +550,20 @@ pub(crate) struct Sweep {
     pub(crate) chunk: u32,
 }
 
-/// A message entry's key and its view: (account, entry number, peer).
-type EntryOf = (i64, i64, i64);
-
 /// Removes up to `chunk` expired messages and `chunk` other entries (see
 /// `Store::sweep`).
 ///
-/// Messages are found through their time index, and their timeline entries
-/// go with them (a message knows its entries); the other entries (recalls,
-/// read reports) through `timeline_events`. A conversation view is derived
-/// from its message entries, so it goes with the last of them; the sweep
-/// counts it then, and removes its read state.
+/// Messages are found through their time index, among those whose entries
+/// are merged (the store merges the tail before it sweeps; a message stored
+/// since is not expired); their entries leave their views' chunks with
+/// them. The other entries (recalls, read reports) are found through
+/// `timeline_events`. A conversation view is derived from its message
+/// entries, so it goes with the last of them; the sweep counts it then,
+/// and removes its read state.
 pub(crate) fn sweep(tx: &mut Tx<'_, '_>, req: &Sweep) -> StoreResult<SweepReport> {
-    let conn = tx.conn();
     let chunk = i64::from(req.chunk);
+    let merged_below = tx.merged_below();
+    let conn = tx.conn();
     // Messages are dated in whole seconds:
     // `msg_time * 1000 < cutoff_ms` is `msg_time < ceil(cutoff_ms / 1000)`.
     let cutoff_s = req.cutoff_ms.div_ceil(1000);
@@ -577,46 +575,62 @@ pub(crate) fn sweep(tx: &mut Tx<'_, '_>, req: &Sweep) -> StoreResult<SweepReport
         .and_then(|mut s| s.execute(params![sql_u64(req.cutoff_ms), chunk]))
         .map_err(db)? as u64;
 
-    // Expired messages, with their entries.
-    let expired: Vec<(i64, [Option<EntryOf>; 2])> = conn
-        .prepare_cached(
-            "SELECT msg_id, sender_uid, sender_seq, receiver_uid, recipient_seq FROM messages \
-             WHERE msg_time < ?1 LIMIT ?2",
-        )
-        .and_then(|mut s| {
-            s.query_map(params![sql_u64(cutoff_s), chunk], |r| {
-                let (sender, receiver): (i64, i64) = (r.get(1)?, r.get(3)?);
-                let entry = |uid: i64, seq: Option<i64>, peer: i64| seq.map(|seq| (uid, seq, peer));
+    // Expired messages, their entries gathered by view.
+    let mut views: BTreeMap<(i64, i64), Vec<(u64, i64)>> = BTreeMap::new();
+    let mut expired = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT msg_id, sender_uid, sender_seq, receiver_uid, recipient_seq \
+                 FROM messages WHERE msg_time < ?1 AND msg_id < ?3 LIMIT ?2",
+            )
+            .map_err(db)?;
+        let mut rows = stmt
+            .query(params![sql_u64(cutoff_s), chunk, merged_below])
+            .map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            let read = || -> rusqlite::Result<_> {
                 Ok((
-                    r.get(0)?,
-                    [
-                        entry(sender, r.get(2)?, receiver),
-                        entry(receiver, r.get(4)?, sender),
-                    ],
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
                 ))
-            })?
-            .collect()
-        })
-        .map_err(db)?;
-    let (mut messages, mut conversations) = (0u64, 0u64);
-    for (msg_id, message_entries) in &expired {
-        for (uid, seq, peer) in message_entries.iter().flatten() {
-            let removed = conn
-                .prepare_cached(
-                    "DELETE FROM timeline WHERE uid = ?1 AND seq = ?2 AND kind = 0 AND msg_id = ?3",
-                )
-                .and_then(|mut s| s.execute(params![uid, seq, msg_id]))
-                .map_err(db)? as u64;
-            entries += removed;
-            if removed > 0 && !has_messages(conn, *uid, *peer)? {
-                conn.prepare_cached(
-                    "DELETE FROM conversation_state WHERE uid = ?1 AND peer_uid = ?2",
-                )
-                .and_then(|mut s| s.execute(params![uid, peer]))
-                .map_err(db)?;
-                conversations += 1;
+            };
+            let (msg_id, sender, sender_seq, receiver, recipient_seq) = read().map_err(db)?;
+            expired.push(msg_id);
+            let seq = |s: i64| u64::try_from(s).unwrap_or_default();
+            if let Some(s) = sender_seq {
+                views
+                    .entry((sender, receiver))
+                    .or_default()
+                    .push((seq(s), msg_id));
+            }
+            if let Some(s) = recipient_seq {
+                views
+                    .entry((receiver, sender))
+                    .or_default()
+                    .push((seq(s), msg_id));
             }
         }
+    }
+    let mut conversations = 0u64;
+    for ((uid, peer_uid), mut gone) in views {
+        gone.sort_unstable();
+        let removed = merge::remove_from_view(conn, uid, peer_uid, &gone).map_err(db)?;
+        entries += removed;
+        if removed > 0 && !tx.has_messages(uid, peer_uid)? {
+            tx.conn()
+                .prepare_cached("DELETE FROM conversation_state WHERE uid = ?1 AND peer_uid = ?2")
+                .and_then(|mut s| s.execute(params![uid, peer_uid]))
+                .map_err(db)?;
+            conversations += 1;
+        }
+    }
+    let conn = tx.conn();
+    let mut messages = 0u64;
+    for msg_id in &expired {
         messages += conn
             .prepare_cached("DELETE FROM messages WHERE msg_id = ?1")
             .and_then(|mut s| s.execute([msg_id]))
@@ -632,15 +646,4 @@ pub(crate) fn sweep(tx: &mut Tx<'_, '_>, req: &Sweep) -> StoreResult<SweepReport
         more: report.total() > 0,
         ..report
     })
-}
-
-/// Whether the view `(?1, ?2)` holds a message entry.
-pub(crate) const HAS_MESSAGES: &str = "SELECT EXISTS (SELECT 1 FROM timeline \
-     INDEXED BY timeline_history WHERE uid = ?1 AND peer_uid = ?2 AND kind = 0)";
-
-/// Whether `uid`'s view of `peer_uid` still holds a message entry.
-fn has_messages(conn: &Connection, uid: i64, peer_uid: i64) -> StoreResult<bool> {
-    conn.prepare_cached(HAS_MESSAGES)
-        .and_then(|mut s| s.query_row(params![uid, peer_uid], |r| r.get(0)))
-        .map_err(db)
 }

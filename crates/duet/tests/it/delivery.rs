@@ -435,3 +435,75 @@ pub(crate) async fn assert_sends_commit_in_issue_order(senders: &[Connection], p
         assert_eq!(seqs, sorted, "sender s{s}: entries follow the issue order");
     }
 }
+
+/// A device's messages reach the recipient in the order they were
+/// committed while its connection is busy: many sends in flight while other
+/// devices flood it with messages. The recipient's raw pushes are checked,
+/// not a session's events (a session puts entries back in order). The exact
+/// case of a task out of scheduling budget is checked at the store
+/// (`answers_keep_commit_order_when_the_caller_is_out_of_budget`).
+#[tokio::test(flavor = "current_thread")]
+async fn deliveries_follow_commit_order_when_the_sender_is_busy() {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+    let server = TestServer::start().await;
+    let (_bob, mut bob_pushes) = server.login_raw("bob", "d").await;
+    let (alice, _alice_pushes) = server.login_raw("alice", "d").await;
+    let mut flooders = Vec::new();
+    for f in 0..8 {
+        let (conn, _) = server.login_raw(&format!("f{f}"), "d").await;
+        flooders.push(tokio::spawn(async move {
+            let mut inflight = FuturesUnordered::new();
+            for i in 0..300 {
+                let conn = conn.clone();
+                inflight.push(async move {
+                    conn.send(
+                        "alice",
+                        vec![MsgElem::text(format!("{i}"))],
+                        Default::default(),
+                    )
+                    .await
+                    .expect("flood");
+                });
+                if inflight.len() >= 32 {
+                    inflight.next().await;
+                }
+            }
+            while inflight.next().await.is_some() {}
+        }));
+    }
+    const N: u32 = 1500;
+    let mut inflight = FuturesUnordered::new();
+    for i in 0..N {
+        let alice = alice.clone();
+        inflight.push(async move {
+            alice
+                .send(
+                    "bob",
+                    vec![MsgElem::text(format!("{i}"))],
+                    Default::default(),
+                )
+                .await
+                .expect("send")
+        });
+        if inflight.len() >= 60 {
+            inflight.next().await;
+        }
+    }
+    while inflight.next().await.is_some() {}
+    for f in flooders {
+        f.await.expect("flooder");
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < N as usize {
+        match bob_pushes.recv().await.expect("push") {
+            duet_sdk::Push::Entry(e) => seqs.push(e.seq),
+            _ => continue,
+        }
+    }
+    let late = seqs.windows(2).filter(|w| w[1] < w[0]).count();
+    assert_eq!(
+        late, 0,
+        "every live entry after the ones committed before it"
+    );
+}
