@@ -110,6 +110,10 @@ pub struct LoadResult {
     pub duplicated: u64,
     /// Deliveries after a later message of the same sender.
     pub out_of_order: u64,
+    /// Live entries that reached their device after an entry with a higher
+    /// number (the server delivered out of commit order); when this is 0 and
+    /// `out_of_order` is not, the messages were committed in that order.
+    pub out_of_commit_order: u64,
     /// Failed sends.
     pub send_errors: u64,
     /// Sends without an answer at the end.
@@ -149,6 +153,7 @@ struct Shared {
     delivered_window: u64,
     duplicated: u64,
     out_of_order: u64,
+    out_of_commit_order: u64,
     disconnects: u64,
     foreign: u64,
     /// Set before teardown: closes after this are ours.
@@ -180,9 +185,14 @@ impl Shared {
 }
 
 async fn receive(me: String, mut rx: UnboundedReceiver<Push>, sh: Rc<RefCell<Shared>>) {
+    let mut last_entry = 0;
     while let Some(p) = rx.recv().await {
         match p {
             Push::Entry(e) => {
+                if e.seq < last_entry {
+                    sh.borrow_mut().out_of_commit_order += 1;
+                }
+                last_entry = last_entry.max(e.seq);
                 let EntryKind::Message { message } = e.kind else {
                     continue;
                 };
@@ -260,6 +270,7 @@ pub async fn run(users: Vec<LoadUser>, spec: &LoadSpec, stop: Rc<Cell<bool>>) ->
         delivered_window: 0,
         duplicated: 0,
         out_of_order: 0,
+        out_of_commit_order: 0,
         disconnects: 0,
         foreign: 0,
         done: false,
@@ -421,6 +432,7 @@ pub async fn run(users: Vec<LoadUser>, spec: &LoadSpec, stop: Rc<Cell<bool>>) ->
         res.delivered = sh.delivered_window;
         res.duplicated = sh.duplicated;
         res.out_of_order = sh.out_of_order;
+        res.out_of_commit_order = sh.out_of_commit_order;
         res.disconnects = sh.disconnects;
         res.e2e = std::mem::take(&mut sh.e2e);
         if sh.foreign > 0 {
@@ -511,6 +523,7 @@ mod tests {
             delivered_window: 0,
             duplicated: 0,
             out_of_order: 0,
+            out_of_commit_order: 0,
             disconnects: 0,
             foreign: 0,
             done: false,

@@ -64,6 +64,7 @@ pub fn report(r: LoadResult, s: &mut Summary) {
     s.lost_found_in_history = r.lost_found_in_history;
     s.duplicated = Some(r.duplicated);
     s.out_of_order = Some(r.out_of_order);
+    s.out_of_commit_order = Some(r.out_of_commit_order);
     s.send_errors = Some(r.send_errors);
     s.unacked = Some(r.unacked);
     s.disconnects = Some(r.disconnects);

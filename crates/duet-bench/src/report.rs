@@ -99,6 +99,9 @@ pub struct Summary {
     /// Deliveries of a message after a later one of the same sender.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out_of_order: Option<u64>,
+    /// Live entries delivered after an entry with a higher number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_of_commit_order: Option<u64>,
     /// Sends the server refused, or that failed on the connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_errors: Option<u64>,
@@ -306,6 +309,7 @@ impl Summary {
         u("lost, found in history", self.lost_found_in_history);
         u("duplicated", self.duplicated);
         u("out of order", self.out_of_order);
+        u("out of commit order", self.out_of_commit_order);
         u("send errors", self.send_errors);
         u("unacked", self.unacked);
         u("disconnects", self.disconnects);
