@@ -19,6 +19,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use crate::error::ServiceError;
 use crate::hub::{DeviceHandle, Outbound};
 use crate::metrics::RequestKind;
+use crate::order::DeliveryOrder;
 use crate::service::{SendRequest, Services, frame_text};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +44,8 @@ fn service_error(req_id: u64, e: &ServiceError) -> ServerFrame {
 struct Session {
     user: Arc<str>,
     conn_id: u64,
+    /// The connection's sends deliver live in the order they arrived.
+    deliveries: Arc<DeliveryOrder>,
     /// Held by a send while the store commits it, when the store does not by
     /// itself commit writes in the order they were issued: the connection's
     /// sends then commit one after the other, in the order they arrived.
@@ -346,6 +349,7 @@ async fn login(
         Some(Session {
             user,
             conn_id,
+            deliveries: DeliveryOrder::new(),
             send_order,
         }),
     )
@@ -451,6 +455,8 @@ fn request_kind(frame: &ClientFrame) -> RequestKind {
 fn single(services: Arc<Services>, s: &Session, frame: ClientFrame) -> Reply {
     let (user, conn_id) = (s.user.clone(), s.conn_id);
     let send_order = s.send_order.clone();
+    // Taken now, in the order the frames arrived.
+    let turn = matches!(frame, ClientFrame::Send { .. }).then(|| s.deliveries.turn());
     Box::pin(
         stream::once(async move {
             let req_id = frame.req_id();
@@ -496,7 +502,7 @@ fn single(services: Arc<Services>, s: &Session, frame: ClientFrame) -> Reply {
                             Some(order) => Some(order.lock().await),
                             None => None,
                         };
-                        let r = services.send(&user, req, Some(conn_id)).await?;
+                        let r = services.send(&user, req, Some(conn_id), turn).await?;
                         vec![ServerFrame::SendAck {
                             req_id,
                             msg_key: r.message.msg_key,

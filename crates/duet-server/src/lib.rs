@@ -10,6 +10,7 @@ pub mod error;
 pub mod gateway;
 pub mod hub;
 pub mod metrics;
+pub mod order;
 pub mod presence;
 pub mod service;
 

@@ -17,6 +17,7 @@ use crate::config::ServerConfig;
 use crate::error::ServiceError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::order::Turn;
 
 /// A send, as the services take it (from a client frame or the REST API).
 #[derive(Debug, Clone)]
@@ -144,14 +145,17 @@ impl Services {
     }
 
     /// Sends a message from `from`. `origin` is the sending connection, which
-    /// gets the ack instead of a live copy.
+    /// gets the ack instead of a live copy; `turn` its place among that
+    /// connection's sends, so that live deliveries leave in the order the
+    /// sends arrived (see [`crate::order`]).
     pub async fn send(
         &self,
         from: &str,
         req: SendRequest,
         origin: Option<u64>,
+        turn: Option<Turn>,
     ) -> Result<SendResult, ServiceError> {
-        let r = self.send_inner(from, req, origin).await;
+        let r = self.send_inner(from, req, origin, turn).await;
         let counter = if r.is_ok() {
             &self.metrics.sends
         } else {
@@ -166,6 +170,7 @@ impl Services {
         from: &str,
         req: SendRequest,
         origin: Option<u64>,
+        turn: Option<Turn>,
     ) -> Result<SendResult, ServiceError> {
         if !valid_user_id(&req.to) {
             return Err(ServiceError::UnknownRecipient(
@@ -180,7 +185,7 @@ impl Services {
         let msg_time = now_ms / 1000;
         if req.online_only {
             return self
-                .send_online_only(from, req, msg_seq, msg_random, msg_time, origin)
+                .send_online_only(from, req, msg_seq, msg_random, msg_time, origin, turn)
                 .await;
         }
         let outcome = self
@@ -209,10 +214,22 @@ impl Services {
             } => {
                 // Store first, then deliver (Law 4). The frames are written
                 // from the message itself, only for devices that want them.
-                let frame = |seq| Utf8Bytes::from(message_entry_frame(seq, ts, &message));
-                self.hub.route(&message.to, || frame(recipient_seq), None);
-                if let Some(seq) = sender_seq {
-                    self.hub.route(&message.from, || frame(seq), origin);
+                let route = move |hub: &Hub, message: &Message| {
+                    let frame = |seq| Utf8Bytes::from(message_entry_frame(seq, ts, message));
+                    hub.route(&message.to, || frame(recipient_seq), None);
+                    if let Some(seq) = sender_seq {
+                        hub.route(&message.from, || frame(seq), origin);
+                    }
+                };
+                match turn {
+                    None => route(&self.hub, &message),
+                    Some(turn) => turn.deliver(
+                        || route(&self.hub, &message),
+                        || {
+                            let (hub, message) = (Arc::clone(&self.hub), message.clone());
+                            Box::new(move || route(&hub, &message))
+                        },
+                    ),
                 }
                 SendResult {
                     message,
@@ -231,6 +248,7 @@ impl Services {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send_online_only(
         &self,
         from: &str,
@@ -239,6 +257,7 @@ impl Services {
         msg_random: u32,
         msg_time: u64,
         origin: Option<u64>,
+        turn: Option<Turn>,
     ) -> Result<SendResult, ServiceError> {
         if self.store.account(&req.to).await?.is_none() {
             return Err(ServiceError::UnknownRecipient(req.to));
@@ -267,9 +286,20 @@ impl Services {
         let frame = frame_text(&ServerFrame::OnlineMessage {
             message: message.clone(),
         });
-        self.hub.route(&message.to, || frame.clone(), None);
-        if req.sender_copy == SenderCopy::Timeline {
-            self.hub.route(&message.from, || frame.clone(), origin);
+        let (to, from_copy) = (
+            message.to.clone(),
+            (req.sender_copy == SenderCopy::Timeline).then(|| message.from.clone()),
+        );
+        let hub = Arc::clone(&self.hub);
+        let route = move || {
+            hub.route(&to, || frame.clone(), None);
+            if let Some(from) = &from_copy {
+                hub.route(from, || frame.clone(), origin);
+            }
+        };
+        match turn {
+            None => route(),
+            Some(turn) => turn.deliver_boxed(Box::new(route)),
         }
         Ok(SendResult {
             message,

@@ -507,3 +507,148 @@ async fn deliveries_follow_commit_order_when_the_sender_is_busy() {
         "every live entry after the ones committed before it"
     );
 }
+
+/// A store that answers the send of a message whose text is `held` only
+/// when released (after it committed): the answers of a connection's sends
+/// then come back out of order, as they can when the writer thread runs
+/// between a send being queued and its first await.
+struct HeldAnswer {
+    inner: duet_store_sqlite::SqliteStore,
+    release: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl duet_store::Store for HeldAnswer {
+    fn epoch(&self) -> &str {
+        self.inner.epoch()
+    }
+    fn keeps_issue_order(&self) -> bool {
+        self.inner.keeps_issue_order()
+    }
+    async fn ensure_account(
+        &self,
+        u: &str,
+        t: u64,
+    ) -> duet_store::StoreResult<duet_store::Account> {
+        self.inner.ensure_account(u, t).await
+    }
+    async fn account(&self, u: &str) -> duet_store::StoreResult<Option<duet_store::Account>> {
+        self.inner.account(u).await
+    }
+    async fn login(&self, u: &str, t: u64) -> duet_store::StoreResult<(duet_store::Account, u64)> {
+        self.inner.login(u, t).await
+    }
+    async fn set_profile(
+        &self,
+        u: &str,
+        n: Option<String>,
+        f: Option<String>,
+        t: u64,
+    ) -> duet_store::StoreResult<duet_store::Account> {
+        self.inner.set_profile(u, n, f, t).await
+    }
+    async fn send(
+        &self,
+        m: duet_store::NewMessage,
+    ) -> duet_store::StoreResult<duet_store::SendOutcome> {
+        let held = m.body.first().and_then(MsgElem::as_text).as_deref() == Some("held");
+        let out = self.inner.send(m).await;
+        if held {
+            let _ = self.release.acquire().await.map(|p| p.forget());
+        }
+        out
+    }
+    async fn head(&self, u: &str) -> duet_store::StoreResult<u64> {
+        self.inner.head(u).await
+    }
+    async fn sync(
+        &self,
+        u: &str,
+        a: u64,
+        b: u64,
+        p: u32,
+        l: u32,
+    ) -> duet_store::StoreResult<Vec<duet_proto::Entry>> {
+        self.inner.sync(u, a, b, p, l).await
+    }
+    async fn history(
+        &self,
+        u: &str,
+        p: &str,
+        b: Option<u64>,
+        c: u32,
+    ) -> duet_store::StoreResult<Vec<duet_proto::HistoryItem>> {
+        self.inner.history(u, p, b, c).await
+    }
+    async fn conversations(
+        &self,
+        u: &str,
+        o: u32,
+        c: u32,
+    ) -> duet_store::StoreResult<Vec<duet_proto::Conversation>> {
+        self.inner.conversations(u, o, c).await
+    }
+    async fn mark_read(
+        &self,
+        u: &str,
+        p: &str,
+        r: u64,
+        t: u64,
+    ) -> duet_store::StoreResult<duet_store::ReadOutcome> {
+        self.inner.mark_read(u, p, r, t).await
+    }
+    async fn recall(
+        &self,
+        r: duet_store::RecallRequest,
+    ) -> duet_store::StoreResult<duet_store::RecallOutcome> {
+        self.inner.recall(r).await
+    }
+    async fn sweep(&self, c: u64, n: u32) -> duet_store::StoreResult<duet_store::SweepReport> {
+        self.inner.sweep(c, n).await
+    }
+}
+
+/// Live deliveries leave in the order a connection's sends arrived (and
+/// committed), even when a later send's answer comes back first: the later
+/// message waits for the earlier one's delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_send_answered_first_is_delivered_second() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = std::sync::Arc::new(HeldAnswer {
+        inner: duet_store_sqlite::SqliteStore::open(duet_store_sqlite::SqliteOptions::new(
+            dir.path().join("held.db"),
+        ))
+        .expect("store"),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let server = TestServer::builder()
+        .shared_store(store.clone())
+        .spawn()
+        .await;
+    let (_bob, mut bob_pushes) = server.login_raw("bob", "d").await;
+    let (alice, _) = server.login_raw("alice", "d").await;
+    // Both from this task, the held one polled first: its frame leaves
+    // first, so it is queued and committed first.
+    let mut first =
+        std::pin::pin!(alice.send("bob", vec![MsgElem::text("held")], Default::default()));
+    let second = tokio::select! {
+        biased;
+        _ = &mut first => panic!("the first send's answer is held"),
+        r = alice.send("bob", vec![MsgElem::text("after")], Default::default()) => r,
+    }
+    .expect("second send");
+    let first_entry = second.entry.expect("sender entry") - 1;
+    store.release.add_permits(1);
+    let first = first.await.expect("first send");
+    assert_eq!(first.entry, Some(first_entry), "committed first");
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        if let duet_sdk::Push::Entry(e) = bob_pushes.recv().await.expect("push")
+            && let duet_proto::EntryKind::Message { message } = e.kind
+        {
+            texts.push(message.body[0].as_text().unwrap_or_default().into_owned());
+        }
+    }
+    assert_eq!(texts, vec!["held", "after"], "delivered in commit order");
+    store.inner.close();
+}
