@@ -14,9 +14,16 @@
 //!   cache of account state (heads, profiles) that only ever holds committed
 //!   values, writes each moved head back once per batch before `COMMIT`, and
 //!   drops the cache if any other connection wrote to the database.
+//! - **Message entries are merged later.** A send writes its message row;
+//!   its two timeline entries wait in the writer's in-memory tail (published
+//!   before `COMMIT`, committed after it) and are merged, many at a time,
+//!   into per-conversation chunks. Readers take the tail first, then the
+//!   chunks below each account's floor. Recovery at open re-merges, from the
+//!   message rows, whatever the last run had not merged.
 //! - **Checkpoints** run on their own thread, off the commit path.
 //! - **Reads** run on a small pool of read-only connections on tokio's blocking
-//!   threads; WAL lets them proceed while the writer commits.
+//!   threads (point lookups and history pages on the calling task); WAL lets
+//!   them proceed while the writer commits.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), duet_store::StoreError> {
@@ -75,13 +82,15 @@ const POINT_READERS: usize = 4;
 /// most, unless long reads keep the WAL from starting over.
 const WAL_LIMIT: u64 = 64 * 1024 * 1024;
 /// Message entries the tail holds before the writer merges after each batch
-/// (about 5 MiB): the more entries of a view a merge finds, the fewer chunk
-/// rows it writes per entry.
-const MERGE_BACKLOG: usize = 64 * 1024;
+/// (about 20 MiB): a merge writes about one chunk row per view it touches
+/// (~17 µs) however many entries the view gets, so the more entries of a
+/// view a merge finds, the cheaper each.
+const MERGE_BACKLOG: usize = 256 * 1024;
 /// Most entries, and accounts, one merge transaction takes: it holds up the
-/// writes queued behind it for a few milliseconds at most.
-const MERGE_SLICE_ENTRIES: usize = 8 * 1024;
-const MERGE_SLICE_ACCOUNTS: usize = 256;
+/// writes queued behind it for a few milliseconds (each transaction also
+/// costs a commit of its own, so fewer, larger ones spend less in all).
+const MERGE_SLICE_ENTRIES: usize = 16 * 1024;
+const MERGE_SLICE_ACCOUNTS: usize = 512;
 /// The writer merges when no write came for this long.
 const MERGE_IDLE: Duration = Duration::from_millis(20);
 /// Entries the tail holds at most (Law 6; about 80 MiB).
@@ -110,13 +119,13 @@ pub struct SqliteOptions {
     /// Told about each committed batch.
     pub observer: Option<Arc<dyn CommitObserver>>,
     /// Message entries waiting in memory before the writer merges them into
-    /// their conversations' chunks after each batch (default 65,536; 0:
+    /// their conversations' chunks after each batch (default 262,144; 0:
     /// after every batch).
     pub merge_backlog: usize,
     /// Whether the writer also merges when no write came for a moment
     /// (default true).
     pub merge_when_idle: bool,
-    /// Most message entries merged in one transaction (default 8,192): it
+    /// Most message entries merged in one transaction (default 16,384): it
     /// bounds how long a merge holds up the writes queued behind it.
     pub merge_slice: usize,
     /// Message entries the tail holds at most (default 1,048,576; Law 6):
