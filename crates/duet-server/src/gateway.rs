@@ -44,8 +44,9 @@ fn service_error(req_id: u64, e: &ServiceError) -> ServerFrame {
 struct Session {
     user: Arc<str>,
     conn_id: u64,
-    /// The connection's sends deliver live in the order they arrived.
-    deliveries: Arc<DeliveryOrder>,
+    /// The connection's sends deliver live in the order they arrived (made
+    /// at its first send: an idle connection does not pay for it).
+    deliveries: std::sync::OnceLock<Arc<DeliveryOrder>>,
     /// Held by a send while the store commits it, when the store does not by
     /// itself commit writes in the order they were issued: the connection's
     /// sends then commit one after the other, in the order they arrived.
@@ -349,7 +350,7 @@ async fn login(
         Some(Session {
             user,
             conn_id,
-            deliveries: DeliveryOrder::new(),
+            deliveries: std::sync::OnceLock::new(),
             send_order,
         }),
     )
@@ -456,7 +457,8 @@ fn single(services: Arc<Services>, s: &Session, frame: ClientFrame) -> Reply {
     let (user, conn_id) = (s.user.clone(), s.conn_id);
     let send_order = s.send_order.clone();
     // Taken now, in the order the frames arrived.
-    let turn = matches!(frame, ClientFrame::Send { .. }).then(|| s.deliveries.turn());
+    let turn = matches!(frame, ClientFrame::Send { .. })
+        .then(|| s.deliveries.get_or_init(DeliveryOrder::new).turn());
     Box::pin(
         stream::once(async move {
             let req_id = frame.req_id();
