@@ -353,6 +353,27 @@ mod tests {
         }
     }
 
+    /// Merging again and again into views of different accounts reuses the
+    /// "last chunk" statement as prepared: it is never compiled anew (it was
+    /// at every use while its plan depended on the bound values).
+    #[test]
+    fn merges_reuse_their_prepared_statements() {
+        let (_dir, conn) = db();
+        for round in 0..4u64 {
+            let mut views = Views::default();
+            views.push(1, 2, entry(round + 1, 0, 0));
+            views.push(2, 1, entry(round + 1, 0, ENTRY_UNREAD));
+            assert_eq!(views.append(&conn, false).expect("append"), 2);
+        }
+        let stmt = conn.prepare_cached(LAST_CHUNK).expect("cached");
+        assert_eq!(
+            stmt.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "the last-chunk query was compiled again"
+        );
+        assert_eq!(view(&conn, 1, 2).len(), 4);
+    }
+
     /// A store that stopped with messages 2..=5 not (or half) merged: recovery
     /// merges exactly what is missing, on both sides, with the flags each side
     /// gets, and moves the merge point past the newest message.
