@@ -5,7 +5,7 @@
 //! queue is full) closes that connection, and the device resyncs from its
 //! cursor when it comes back. Nothing here blocks.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -66,7 +66,9 @@ impl Hub {
     /// An empty hub. `max_per_platform` is the login policy.
     pub fn new(metrics: Arc<Metrics>, max_per_platform: usize) -> Self {
         Hub {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             next_conn: AtomicU64::new(1),
             metrics,
             max_per_platform: max_per_platform.max(1),

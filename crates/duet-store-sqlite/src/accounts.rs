@@ -23,7 +23,7 @@
 //! one is dropped. Correctness never depends on it being warm: it is cleared
 //! whenever another connection wrote to the database, and after any failed batch.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use duet_store::{Account, StoreError, StoreResult};
@@ -79,8 +79,8 @@ struct Cache {
 impl Cache {
     fn new(capacity: usize) -> Self {
         Cache {
-            young: HashMap::new(),
-            old: HashMap::new(),
+            young: HashMap::default(),
+            old: HashMap::default(),
             half: (capacity / 2).max(1),
         }
     }
@@ -102,8 +102,8 @@ impl Cache {
     }
 
     fn clear(&mut self) {
-        self.young = HashMap::new();
-        self.old = HashMap::new();
+        self.young = HashMap::default();
+        self.old = HashMap::default();
     }
 
     #[cfg(test)]
@@ -128,7 +128,7 @@ impl Accounts {
     pub(crate) fn new(capacity: usize) -> Self {
         Accounts {
             cache: Cache::new(capacity),
-            batch: HashMap::new(),
+            batch: HashMap::default(),
             job: Vec::new(),
         }
     }

@@ -28,7 +28,9 @@
 //! window whose upper end is a committed head, so every entry in it is
 //! committed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// One message entry waiting to be merged.
