@@ -73,6 +73,8 @@ pub fn report(r: LoadResult, s: &mut Summary) {
     s.schedule_lag_max_ms = r.schedule_lag_max_ms;
     s.server_cpu_pct = r.server_cpu_pct;
     s.client_cpu_pct = r.client_cpu_pct;
+    s.server_cpu_us_per_msg = cpu_us_per_msg(r.server_cpu_pct, r.acked, secs);
+    s.client_cpu_us_per_msg = cpu_us_per_msg(r.client_cpu_pct, r.acked, secs);
     s.server_rss_kib = r.server_rss_kib;
     s.client_rss_kib = crate::procstat::rss_kib(None);
     s.add_errors(r.errors);
@@ -83,6 +85,16 @@ pub fn report(r: LoadResult, s: &mut Summary) {
             "the generator fell {lag:.0} ms behind its schedule: the offered rate was not held"
         ));
     }
+}
+
+/// CPU time per message, µs, from a CPU share (% of one core) over the
+/// window and the messages acknowledged in it (`None` without either).
+fn cpu_us_per_msg(pct: Option<f64>, acked: u64, secs: f64) -> Option<f64> {
+    let pct = pct?;
+    if acked == 0 {
+        return None;
+    }
+    Some(pct / 100.0 * secs * 1e6 / acked as f64)
 }
 
 /// Runs the scenario.

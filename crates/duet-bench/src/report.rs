@@ -175,6 +175,15 @@ pub struct Summary {
     /// Generator CPU in the window, % of one core.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cpu_pct: Option<f64>,
+    /// Server CPU time per acknowledged message in the window, µs: what a
+    /// message costs, comparable between runs on a noisy machine when the
+    /// rates and latencies are not (time the host takes away is not charged
+    /// to the process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_msg: Option<f64>,
+    /// Generator CPU time per acknowledged message in the window, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cpu_us_per_msg: Option<f64>,
 
     /// Errors by kind, counted.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -333,6 +342,12 @@ impl Summary {
         }
         if let Some(v) = self.client_cpu_pct {
             rows.push(("generator CPU", format!("{v:.0} % of a core")));
+        }
+        if let Some(v) = self.server_cpu_us_per_msg {
+            rows.push(("server CPU / message", format!("{v:.1} µs")));
+        }
+        if let Some(v) = self.client_cpu_us_per_msg {
+            rows.push(("generator CPU / message", format!("{v:.1} µs")));
         }
         let mut out = String::new();
         let params: Vec<String> = self

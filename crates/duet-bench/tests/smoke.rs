@@ -84,6 +84,17 @@ fn every_scenario_runs_and_accounts_for_every_message() {
         "{s:?}"
     );
     assert!(s.client_cpu_pct.is_some());
+    // CPU time per message: the share over the window, per acked message.
+    let per_msg = s.client_cpu_us_per_msg.expect("generator CPU per message");
+    let (pct, acked, secs) = (
+        s.client_cpu_pct.expect("pct"),
+        s.acked.expect("acked"),
+        s.measured_secs,
+    );
+    assert!(
+        (per_msg - pct / 100.0 * secs * 1e6 / acked as f64).abs() < 1e-6 && per_msg > 0.0,
+        "{s:?}"
+    );
     // The server timed the sends too (its /metrics over the measured run).
     let server_side = s.server_send_ms.as_ref().expect("server-side send latency");
     assert!(server_side.count > 200, "{s:?}");
