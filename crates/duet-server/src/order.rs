@@ -36,6 +36,20 @@ struct State {
 }
 
 impl State {
+    /// `ticket`'s send is done: runs its delivery if it is next in line
+    /// (then the waiting ones that follow), else keeps it for its turn.
+    fn settle(&mut self, ticket: u64, deliver: Option<Deliver>) {
+        if self.next == ticket {
+            if let Some(deliver) = deliver {
+                deliver();
+            }
+            self.next += 1;
+            self.run_ready();
+        } else {
+            self.waiting.insert(ticket, deliver);
+        }
+    }
+
     /// Runs the waiting deliveries that are next in line.
     fn run_ready(&mut self) {
         while let Some(deliver) = self.waiting.remove(&self.next) {
@@ -95,31 +109,18 @@ impl Turn {
     }
 
     /// As [`Turn::deliver`], for a delivery that owns what it needs.
-    pub fn deliver_boxed(self, deliver: Deliver) {
-        let cell = std::cell::Cell::new(Some(deliver));
-        self.deliver(
-            || {
-                if let Some(d) = cell.take() {
-                    d();
-                }
-            },
-            || cell.take().unwrap_or_else(|| Box::new(|| ())),
-        );
+    pub fn deliver_boxed(mut self, deliver: Deliver) {
+        if let Some(order) = self.order.take() {
+            order.lock().settle(self.ticket, Some(deliver));
+        }
     }
 }
 
 impl Drop for Turn {
     /// A turn that delivered nothing gives its place up.
     fn drop(&mut self) {
-        let Some(order) = self.order.take() else {
-            return;
-        };
-        let mut state = order.lock();
-        if state.next == self.ticket {
-            state.next += 1;
-            state.run_ready();
-        } else {
-            state.waiting.insert(self.ticket, None);
+        if let Some(order) = self.order.take() {
+            order.lock().settle(self.ticket, None);
         }
     }
 }

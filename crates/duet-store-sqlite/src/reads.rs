@@ -52,12 +52,7 @@ impl From<&crate::tail::TailEntry> for ViewEntry {
     fn from(e: &crate::tail::TailEntry) -> Self {
         ViewEntry {
             peer_uid: e.peer_uid,
-            entry: ChunkEntry {
-                seq: e.seq,
-                ts: e.ts,
-                msg_id: e.msg_id,
-                flags: e.flags,
-            },
+            entry: ChunkEntry::from(e),
         }
     }
 }
@@ -193,7 +188,7 @@ fn waiting_of(waiting: &UserTail, peer_uid: i64) -> impl Iterator<Item = ChunkEn
         .iter()
         .rev()
         .filter(move |e| e.peer_uid == peer_uid)
-        .map(|e| ViewEntry::from(e).entry)
+        .map(ChunkEntry::from)
 }
 
 /// Every message entry of a view below `below`, newest first: the tail's,

@@ -29,9 +29,11 @@
 //! committed.
 
 use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use foldhash::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::chunk::ChunkEntry;
 
 /// One message entry waiting to be merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,18 @@ pub(crate) struct TailEntry {
     pub(crate) flags: u8,
     /// The writer's transaction that wrote it.
     pub(crate) batch: u64,
+}
+
+impl From<&TailEntry> for ChunkEntry {
+    /// The entry as a view's chunk holds it (the peer is the view's).
+    fn from(e: &TailEntry) -> Self {
+        ChunkEntry {
+            seq: e.seq,
+            ts: e.ts,
+            msg_id: e.msg_id,
+            flags: e.flags,
+        }
+    }
 }
 
 /// Which entries a reader sees.

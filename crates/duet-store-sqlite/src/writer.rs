@@ -515,16 +515,7 @@ fn merge_slice(conn: &Connection, st: &mut WriterState) -> StoreResult<usize> {
     let mut n = 0;
     for t in &taken {
         for e in &t.entries {
-            views.push(
-                t.uid,
-                e.peer_uid,
-                ChunkEntry {
-                    seq: e.seq,
-                    ts: e.ts,
-                    msg_id: e.msg_id,
-                    flags: e.flags,
-                },
-            );
+            views.push(t.uid, e.peer_uid, ChunkEntry::from(e));
             n += 1;
         }
     }

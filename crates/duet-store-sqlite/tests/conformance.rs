@@ -349,20 +349,22 @@ async fn huge_bounds_are_clamped() {
 async fn assert_gap_free(store: &SqliteStore, users: &[&str]) -> Vec<u64> {
     let mut heads = Vec::new();
     for u in users {
-        let head = store.head(u).await.expect("head");
-        let entries = store
-            .sync(u, 0, head, u32::MAX, u32::MAX)
-            .await
-            .expect("sync");
-        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
-        assert_eq!(
-            seqs,
-            (1..=head).collect::<Vec<_>>(),
-            "{u}'s timeline is gap-free"
-        );
-        heads.push(head);
+        heads.push(assert_whole_to_head(store, u, "timeline is gap-free").await);
     }
     heads
+}
+
+/// `u`'s timeline read from 0 to its head holds entries 1..=head, once each
+/// and in order; returns the head.
+async fn assert_whole_to_head(store: &SqliteStore, u: &str, what: &str) -> u64 {
+    let head = store.head(u).await.expect("head");
+    let entries = store
+        .sync(u, 0, head, u32::MAX, u32::MAX)
+        .await
+        .expect("sync");
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=head).collect::<Vec<_>>(), "{u}'s {what}");
+    head
 }
 
 /// Another connection writing to the database (another process, an operator's
@@ -642,17 +644,7 @@ async fn readers_racing_merges_see_every_entry_once() {
             let mut checks = 0u32;
             while !done.load(Ordering::Acquire) || checks < 20 {
                 let u = &users[(r + checks as usize) % 6];
-                let head = store.head(u).await.expect("head");
-                let entries = store
-                    .sync(u, 0, head, u32::MAX, u32::MAX)
-                    .await
-                    .expect("sync");
-                let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
-                assert_eq!(
-                    seqs,
-                    (1..=head).collect::<Vec<_>>(),
-                    "{u}'s timeline up to its head, once each"
-                );
+                assert_whole_to_head(&store, u, "timeline up to its head, once each").await;
                 let peer = &users[(r + 1 + checks as usize) % 6];
                 if peer != u {
                     let h = store.history(u, peer, None, 100).await.expect("history");
