@@ -419,8 +419,8 @@ pub(crate) fn open_reader(path: &Path) -> StoreResult<Connection> {
 /// again when that parameter is re-bound; rusqlite clears the bindings of a
 /// statement it takes back into its cache, which then counts as re-binding:
 /// such a statement was compiled anew at every use. The merge's "last chunk
-/// of a view" query was one (~56,000 instructions a call, 10 % of the
-/// server's instructions per message).
+/// of a view" query was one (~56,000 instructions a call, 8.6 % of the
+/// server's instructions in the bench guard's run).
 fn stable_plans(conn: &Connection) -> StoreResult<()> {
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map_err(db)?;
