@@ -20,6 +20,9 @@
 //!   into per-conversation chunks. Readers take the tail first, then the
 //!   chunks below each account's floor. Recovery at open re-merges, from the
 //!   message rows, whatever the last run had not merged.
+//! - **Idempotency keys are written later too** (Law 2): the writer holds the
+//!   newest messages' keys in memory and writes them to `message_keys` a few
+//!   senders at a time, in key order; recovery writes what a stop left.
 //! - **Checkpoints** run on their own thread, off the commit path.
 //! - **Reads** run on a small pool of read-only connections on tokio's blocking
 //!   threads (point lookups and history pages on the calling task); WAL lets
@@ -41,6 +44,7 @@
 
 mod accounts;
 mod chunk;
+mod keys;
 mod merge;
 mod reads;
 mod rows;
@@ -223,10 +227,11 @@ impl SqliteStore {
         let mut conn = schema::open_writer(&opts.path, WAL_LIMIT)?;
         let epoch = schema::migrate(&mut conn)?;
         let recovered = merge::recover(&conn).map_err(db)?;
-        if recovered.remerged > 0 {
+        if recovered.remerged > 0 || recovered.rekeyed > 0 {
             tracing::info!(
                 entries = recovered.remerged,
-                "sqlite store: merged the entries the last run left in its tail"
+                keys = recovered.rekeyed,
+                "sqlite store: merged the entries and keys the last run left in memory"
             );
         }
         let tail = Arc::new(Tail::default());
@@ -250,6 +255,7 @@ impl SqliteStore {
                 ids: MsgIds {
                     next: recovered.next_msg_id,
                     merged_below: recovered.next_msg_id,
+                    keys_below: recovered.next_msg_id,
                 },
                 merge: MergePolicy {
                     backlog: opts.merge_backlog,

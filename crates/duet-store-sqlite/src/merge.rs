@@ -263,23 +263,32 @@ pub(crate) struct Recovered {
     /// Entries merged again (they were waiting in the tail of a
     /// store that stopped, cleanly or not, and were not merged yet).
     pub(crate) remerged: usize,
+    /// Idempotency keys written to `message_keys` (a stopped store held
+    /// them in memory).
+    pub(crate) rekeyed: usize,
 }
 
 /// At open, before the writer starts: merges the entries of every message
-/// from the merge point on (skipping what was merged already), in one
-/// transaction, and moves the merge point past the newest message.
+/// from the merge point on (skipping what was merged already), writes the
+/// idempotency keys the last run held in memory (`keys::recover`), in one
+/// transaction, and moves both points past the newest message.
 pub(crate) fn recover(conn: &Connection) -> rusqlite::Result<Recovered> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let run = || -> rusqlite::Result<Recovered> {
         let from = merged_below(conn)?;
         let remerged = entries_from(conn, from)?.append(conn, true)?;
-        let next = (max_msg_id(conn)? + 1).max(from).max(1);
+        let next = (max_msg_id(conn)? + 1)
+            .max(from)
+            .max(crate::keys::keys_below(conn)?)
+            .max(1);
         if next != from {
             set_merged_below(conn, next)?;
         }
+        let rekeyed = crate::keys::recover(conn, next)?;
         Ok(Recovered {
             next_msg_id: next,
             remerged,
+            rekeyed,
         })
     };
     match run() {
@@ -402,10 +411,18 @@ mod tests {
             r,
             Recovered {
                 next_msg_id: 6,
-                remerged: 7
+                remerged: 7,
+                rekeyed: 5
             }
         );
         assert_eq!(merged_below(&conn).expect("merge point"), 6);
+        assert_eq!(crate::keys::keys_below(&conn).expect("key point"), 6);
+        let key = crate::keys::Key {
+            sender_uid: 2,
+            msg_seq: 4,
+            msg_random: 0,
+        };
+        assert_eq!(crate::keys::stored(&conn, &key).expect("key"), Some(4));
         // Alice sent 1, 3, 5 (her copies are not unread) and received 2, 4.
         assert_eq!(
             view(&conn, 1, 2),
@@ -428,7 +445,8 @@ mod tests {
             ]
         );
         // Nothing left to do the second time.
-        assert_eq!(recover(&conn).expect("again").remerged, 0);
+        let again = recover(&conn).expect("again");
+        assert_eq!((again.remerged, again.rekeyed), (0, 0));
         assert_eq!(view(&conn, 1, 2).len(), 5);
     }
 
@@ -439,6 +457,10 @@ mod tests {
         let (_dir, conn) = db();
         set_merged_below(&conn, 40).expect("merge point");
         assert_eq!(recover(&conn).expect("recover").next_msg_id, 40);
+        // Likewise past the key point.
+        crate::keys::set_keys_below(&conn, 50).expect("key point");
+        assert_eq!(recover(&conn).expect("recover").next_msg_id, 50);
+        assert_eq!(merged_below(&conn).expect("merge point"), 50);
     }
 
     /// Appends fill the last chunk, then open new ones; removals rewrite or

@@ -30,6 +30,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: MIGRATION_5,
         step: Some(migrate_5),
     },
+    sql(MIGRATION_6),
 ];
 
 /// Migration 1: the whole schema.
@@ -332,6 +333,60 @@ fn migrate_5(conn: &Connection) -> rusqlite::Result<()> {
     crate::merge::set_merged_below(conn, next)
 }
 
+/// Migration 6: idempotency keys leave `messages` (see `keys`).
+///
+/// The unique index on `(sender_uid, msg_seq, msg_random)` cost each commit
+/// one index leaf per distinct sender in its batch. The keys now live in
+/// `message_keys`, written many at a time in key order (recent ones wait in
+/// the writer's memory); `meta.keys_below`: every message below that id has
+/// its key there. `messages` is rebuilt without the constraint (SQLite
+/// cannot drop one), rows and ids kept.
+const MIGRATION_6: &str = "
+CREATE TABLE message_keys (
+    sender_uid INTEGER NOT NULL,
+    msg_seq    INTEGER NOT NULL,
+    msg_random INTEGER NOT NULL,
+    msg_id     INTEGER NOT NULL,
+    PRIMARY KEY (sender_uid, msg_seq, msg_random)
+) WITHOUT ROWID;
+INSERT INTO message_keys (sender_uid, msg_seq, msg_random, msg_id)
+    SELECT sender_uid, msg_seq, msg_random, msg_id FROM messages
+    ORDER BY sender_uid, msg_seq, msg_random;
+CREATE TABLE messages_v6 (
+    msg_id            INTEGER PRIMARY KEY,
+    sender_uid        INTEGER NOT NULL,
+    receiver_uid      INTEGER NOT NULL,
+    sender            TEXT NOT NULL,
+    receiver          TEXT NOT NULL,
+    msg_seq           INTEGER NOT NULL,
+    msg_random        INTEGER NOT NULL,
+    msg_time          INTEGER NOT NULL,
+    body              TEXT NOT NULL,
+    cloud_custom_data TEXT NOT NULL,
+    nick              TEXT NOT NULL,
+    face_url          TEXT NOT NULL,
+    flags             INTEGER NOT NULL DEFAULT 0,
+    sender_seq        INTEGER,
+    recipient_seq     INTEGER,
+    entry_ts          INTEGER NOT NULL DEFAULT 0,
+    entry_flags       INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO messages_v6 (msg_id, sender_uid, receiver_uid, sender, receiver, msg_seq,
+                         msg_random, msg_time, body, cloud_custom_data, nick, face_url, flags,
+                         sender_seq, recipient_seq, entry_ts, entry_flags)
+    SELECT msg_id, sender_uid, receiver_uid, sender, receiver, msg_seq, msg_random, msg_time,
+           body, cloud_custom_data, nick, face_url, flags, sender_seq, recipient_seq,
+           entry_ts, entry_flags
+    FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_v6 RENAME TO messages;
+CREATE INDEX messages_time ON messages (msg_time);
+INSERT INTO meta (key, value)
+    SELECT 'keys_below', COALESCE(max(msg_id), 0) + 1 FROM messages
+    WHERE true
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+";
+
 const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 /// Page cache per reader connection, in KiB (negative `cache_size`).
 const CACHE_KIB: i64 = 32 * 1024;
@@ -545,12 +600,14 @@ mod tests {
                 "accounts",
                 "chunks",
                 "conversation_state",
+                "message_keys",
                 "messages",
                 "meta",
                 "timeline"
             ],
             "conversation views are derived from the timeline (migration 4), message \
-             entries are chunks (migration 5)"
+             entries are chunks (migration 5), idempotency keys have their own table \
+             (migration 6)"
         );
         let kept: i64 = conn
             .query_row("SELECT count(*) FROM conversation_state", [], |r| r.get(0))

@@ -29,6 +29,9 @@
 //! entries into their views' chunks, a bounded slice per transaction, and
 //! records in `meta.merged_below` the message id below which every message's
 //! entries are merged. Recovery at open re-merges the messages from there.
+//! **Idempotency keys wait in [`Keys`]** the same way (see `keys`): added by
+//! a send, dropped if its job or batch does not commit, written to
+//! `message_keys` in the merge transactions, a few senders at a time.
 //!
 //! **Checkpoints** run on a [`Checkpointer`] thread with its own connection
 //! (`wal_autocheckpoint` is off on the writer), so copying the WAL back into
@@ -48,6 +51,7 @@ use tokio::sync::oneshot;
 
 use crate::accounts::{AccountState, Accounts};
 use crate::chunk::ChunkEntry;
+use crate::keys::{self, Key, Keys, Written};
 use crate::merge::{self, Views};
 use crate::tail::{Tail, TailEntry};
 use crate::{CommitObserver, db, schema};
@@ -62,6 +66,8 @@ pub(crate) struct Tx<'a, 'c> {
     /// The message entries of this transaction's jobs so far (published to
     /// the tail just before `COMMIT`).
     fresh: &'a mut Vec<(i64, TailEntry)>,
+    /// Idempotency keys not yet in `message_keys`, this transaction's too.
+    keys: &'a mut Keys,
     ids: &'a mut MsgIds,
     tail_limit: usize,
 }
@@ -76,6 +82,9 @@ pub(crate) struct MsgIds {
     /// Every message below this id has its entries in `chunks`
     /// (`meta.merged_below`, as last committed).
     pub(crate) merged_below: i64,
+    /// Every message below this id has its idempotency key in
+    /// `message_keys` (`meta.keys_below`, as last committed).
+    pub(crate) keys_below: i64,
 }
 
 impl<'c> Tx<'_, 'c> {
@@ -124,16 +133,31 @@ impl<'c> Tx<'_, 'c> {
         self.fresh.push((uid, entry));
     }
 
-    /// Whether the tail is full (merging is failing or far behind): new
-    /// message entries must wait (Law 6).
+    /// Whether the tail, or the idempotency keys held in memory, are full
+    /// (merging is failing or far behind): new messages must wait (Law 6).
     pub(crate) fn tail_full(&self) -> bool {
-        self.tail.len() + self.fresh.len() >= self.tail_limit
+        self.tail.len() + self.fresh.len() >= self.tail_limit || self.keys.len() >= self.tail_limit
     }
 
-    /// Every message with a lower id has its entries merged (and no message
-    /// written in this transaction has).
-    pub(crate) fn merged_below(&self) -> i64 {
-        self.ids.merged_below
+    /// Every message with a lower id has its entries merged and its
+    /// idempotency key in `message_keys` (and no message written in this
+    /// transaction has).
+    pub(crate) fn settled_below(&self) -> i64 {
+        self.ids.merged_below.min(self.ids.keys_below)
+    }
+
+    /// The message whose idempotency key is `key`: written by this
+    /// transaction, held in memory, or in `message_keys`.
+    pub(crate) fn find_key(&self, key: &Key) -> StoreResult<Option<i64>> {
+        match self.keys.get(key) {
+            Some(msg_id) => Ok(Some(msg_id)),
+            None => keys::stored(self.conn, key).map_err(db),
+        }
+    }
+
+    /// Records the key of message `msg_id`, just written by this job.
+    pub(crate) fn push_key(&mut self, key: Key, msg_id: i64) {
+        self.keys.push(key, msg_id);
     }
 
     /// Whether `uid`'s view of `peer_uid` holds a message entry: written
@@ -278,8 +302,24 @@ pub(crate) struct MergePolicy {
     pub(crate) slice_entries: usize,
     /// Most accounts merged in one transaction.
     pub(crate) slice_accounts: usize,
-    /// Entries the tail holds at most: past it sends fail with `Overloaded`.
+    /// Entries the tail holds at most: past it sends fail with `Overloaded`
+    /// (likewise for the idempotency keys held in memory).
     pub(crate) limit: usize,
+}
+
+impl MergePolicy {
+    /// Idempotency keys held in memory before the writer writes them out
+    /// after each batch: one per message, against two entries.
+    pub(crate) fn key_backlog(&self) -> usize {
+        self.backlog / 2
+    }
+
+    /// Most idempotency keys written in one transaction: each costs a
+    /// B-tree insert (about a microsecond), so a slice holds up the writes
+    /// queued behind it for about two milliseconds.
+    pub(crate) fn key_slice(&self) -> usize {
+        (self.slice_entries / 8).max(1)
+    }
 }
 
 /// Handle to the writer thread (and its checkpointer).
@@ -308,6 +348,7 @@ impl Writer {
             checkpoints: Arc::clone(&checkpointer.shared),
             tail: cfg.tail,
             fresh: Vec::new(),
+            keys: Keys::default(),
             batch_no: 0,
             ids: cfg.ids,
             merge: cfg.merge,
@@ -420,6 +461,8 @@ struct WriterState {
     tail: Arc<Tail>,
     /// The running transaction's message entries.
     fresh: Vec<(i64, TailEntry)>,
+    /// Idempotency keys not yet in `message_keys` (see `keys`).
+    keys: Keys,
     /// Transactions run so far (the running one's number, once begun).
     batch_no: u64,
     ids: MsgIds,
@@ -445,13 +488,17 @@ fn writer_loop(
         let first = if shutting_down {
             rx.try_recv().ok()
         } else {
-            match st.merge.when_idle.filter(|_| st.tail.len() > 0) {
+            match st
+                .merge
+                .when_idle
+                .filter(|_| st.tail.len() > 0 || st.keys.len() > 0)
+            {
                 Some(idle) => match rx.recv_timeout(idle) {
                     Ok(msg) => Some(msg),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         // A failed merge is logged; the entries stay and are
                         // merged later.
-                        let _ = merge_slice(conn, &mut st);
+                        let _ = merge_slice(conn, &mut st, true);
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => None,
@@ -485,10 +532,13 @@ fn writer_loop(
         for reply in merge_all.drain(..) {
             let _ = reply.send(merge_everything(conn, &mut st));
         }
-        // Keep the tail near its backlog: a few slices after each batch.
+        // Keep the tail and the keys near their backlogs: a few slices
+        // after each batch.
         let mut slices = 0;
-        while st.tail.len() > st.merge.backlog && slices < MERGES_PER_BATCH {
-            if merge_slice(conn, &mut st).is_err() {
+        while (st.tail.len() > st.merge.backlog || st.keys.len() > st.merge.key_backlog())
+            && slices < MERGES_PER_BATCH
+        {
+            if merge_slice(conn, &mut st, false).is_err() {
                 break;
             }
             slices += 1;
@@ -498,17 +548,33 @@ fn writer_loop(
     tracing::debug!("sqlite store: writer stopped");
 }
 
+/// A batch, merge or checkpoint taking this long (milliseconds) is logged
+/// at debug level (`DUET_LOG=duet_store_sqlite=debug`): what holds up sends.
+const SLOW_PASS_MS: f64 = 5.0;
+
 /// Most merge transactions between two batches.
 const MERGES_PER_BATCH: usize = 4;
 
-/// Merges the oldest accounts' tail entries (one slice) into their views'
-/// chunks in one transaction, and moves the merge point; the entries leave
-/// the tail once that committed. Returns the entries merged.
-fn merge_slice(conn: &Connection, st: &mut WriterState) -> StoreResult<usize> {
-    let taken = st
-        .tail
-        .take(st.merge.slice_entries, st.merge.slice_accounts);
-    if taken.is_empty() {
+/// In one transaction: merges the oldest accounts' tail entries (one
+/// slice) into their views' chunks and moves the merge point, if the tail
+/// holds more than its backlog; writes the oldest senders' idempotency keys
+/// (a slice) to `message_keys`, if more than their backlog wait. `drain`:
+/// whatever waits. Entries and keys leave memory once that committed.
+/// Returns the entries and keys written.
+fn merge_slice(conn: &Connection, st: &mut WriterState, drain: bool) -> StoreResult<usize> {
+    let taken = if drain || st.tail.len() > st.merge.backlog {
+        st.tail
+            .take(st.merge.slice_entries, st.merge.slice_accounts)
+    } else {
+        Vec::new()
+    };
+    let keys_waiting = st.keys.len();
+    let key_slice = if keys_waiting > 0 && (drain || keys_waiting > st.merge.key_backlog()) {
+        st.merge.key_slice()
+    } else {
+        0
+    };
+    if taken.is_empty() && key_slice == 0 {
         return Ok(0);
     }
     let mut views = Views::default();
@@ -523,18 +589,45 @@ fn merge_slice(conn: &Connection, st: &mut WriterState) -> StoreResult<usize> {
         .tail
         .min_msg_id_besides(&taken)
         .map_or(st.ids.next, |m| m.min(st.ids.next));
-    let run = || -> StoreResult<()> {
+    let started = Instant::now();
+    let run = || -> StoreResult<Written> {
         exec(conn, "BEGIN IMMEDIATE")?;
-        views.append(conn, false).map_err(db)?;
-        merge::set_merged_below(conn, below).map_err(db)?;
-        exec(conn, "COMMIT")
+        if !taken.is_empty() {
+            views.append(conn, false).map_err(db)?;
+            merge::set_merged_below(conn, below).map_err(db)?;
+        }
+        let mut written = Written::default();
+        if key_slice > 0 {
+            written = st.keys.write_oldest(conn, key_slice).map_err(db)?;
+            let keys_below = st.keys.oldest_besides(&written).unwrap_or(st.ids.next);
+            keys::set_keys_below(conn, keys_below).map_err(db)?;
+            written.below = keys_below;
+        }
+        exec(conn, "COMMIT")?;
+        Ok(written)
     };
     match run() {
-        Ok(()) => {
-            st.tail.drop_merged(&taken);
-            st.ids.merged_below = below;
-            tracing::trace!(entries = n, views = views.len(), "sqlite store: merged");
-            Ok(n)
+        Ok(written) => {
+            if !taken.is_empty() {
+                st.tail.drop_merged(&taken);
+                st.ids.merged_below = below;
+            }
+            if written.keys > 0 {
+                st.keys.drop_written(&written);
+                st.ids.keys_below = written.below;
+            }
+            let keys = written.keys;
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            if ms >= SLOW_PASS_MS {
+                tracing::debug!(
+                    entries = n,
+                    views = views.len(),
+                    keys,
+                    ms,
+                    "sqlite store: slow merge"
+                );
+            }
+            Ok(n + keys)
         }
         Err(e) => {
             rollback(conn);
@@ -544,9 +637,10 @@ fn merge_slice(conn: &Connection, st: &mut WriterState) -> StoreResult<usize> {
     }
 }
 
-/// Merges every tail entry (all committed, between batches).
+/// Merges every tail entry and writes every idempotency key (all
+/// committed, between batches).
 fn merge_everything(conn: &Connection, st: &mut WriterState) -> StoreResult<()> {
-    while merge_slice(conn, st)? > 0 {}
+    while merge_slice(conn, st, true)? > 0 {}
     Ok(())
 }
 
@@ -624,6 +718,10 @@ fn commit_batch<'c>(
         }
     }
     let committed = batch.len() - failures.iter().filter(|f| f.is_some()).count();
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if ms >= SLOW_PASS_MS {
+        tracing::debug!(jobs = batch.len(), ms, "sqlite store: slow batch");
+    }
     if committed > 0
         && let Some(observer) = &st.observer
     {
@@ -666,26 +764,44 @@ fn run_jobs<'c>(
 ) -> Result<(), Failed> {
     st.fresh.clear();
     begin(conn, st).map_err(Failed::Tx)?;
+    // The batch's keys go if it does not commit.
+    let keys_before = st.keys.mark();
+    let result = run_begun(conn, stmts, st, jobs);
+    if result.is_err() {
+        st.keys.truncate(keys_before);
+    }
+    result
+}
+
+/// [`run_jobs`] once the transaction has begun.
+fn run_begun<'c>(
+    conn: &'c Connection,
+    stmts: &mut Statements<'c>,
+    st: &mut WriterState,
+    jobs: &mut [Box<dyn Job>],
+) -> Result<(), Failed> {
     let tail_limit = st.merge.limit;
     for (i, job) in jobs.iter_mut().enumerate() {
-        let mark = st.fresh.len();
+        let mark = (st.fresh.len(), st.keys.mark());
         let mut tx = Tx {
             conn,
             stmts,
             accounts: &mut st.accounts,
             tail: &st.tail,
             fresh: &mut st.fresh,
+            keys: &mut st.keys,
             ids: &mut st.ids,
             tail_limit,
         };
         match job.run(&mut tx) {
             Ran::Ok => st.accounts.job_succeeded(),
             Ran::Refused => {
-                st.fresh.truncate(mark);
+                st.fresh.truncate(mark.0);
+                st.keys.truncate(mark.1);
                 st.accounts.job_failed();
             }
             Ran::Dirty => {
-                st.fresh.truncate(mark);
+                st.fresh.truncate(mark.0);
                 st.accounts.job_failed();
                 return Err(Failed::Dirty(i));
             }
@@ -697,6 +813,7 @@ fn run_jobs<'c>(
     match exec(conn, "COMMIT") {
         Ok(()) => {
             st.tail.commit(st.batch_no);
+            st.keys.commit();
             Ok(())
         }
         Err(e) => {
@@ -757,6 +874,7 @@ impl CheckpointShared {
     /// Runs a passive checkpoint on `conn`.
     fn checkpoint(&self, conn: &Connection, who: &str) {
         let _running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let started = Instant::now();
         let result = conn
             .prepare_cached("PRAGMA wal_checkpoint(PASSIVE)")
             .and_then(|mut s| {
@@ -770,7 +888,10 @@ impl CheckpointShared {
             });
         match result {
             Ok((busy, log, done)) => {
-                tracing::trace!(who, busy, log, done, "sqlite store: checkpoint");
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                if ms >= SLOW_PASS_MS {
+                    tracing::debug!(who, busy, log, done, ms, "sqlite store: slow checkpoint");
+                }
             }
             Err(e) => tracing::warn!(who, error = %e, "sqlite store: checkpoint failed"),
         }
@@ -925,6 +1046,7 @@ mod tests {
                 ids: MsgIds {
                     next: recovered.next_msg_id,
                     merged_below: recovered.next_msg_id,
+                    keys_below: recovered.next_msg_id,
                 },
                 // Merged only when asked: a batch's entries stay in the tail.
                 merge: MergePolicy {

@@ -24,6 +24,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::accounts::AccountState;
 use crate::db;
+use crate::keys::{self, Key};
 use crate::merge;
 use crate::rows::{
     ENTRY_NO_LAST, ENTRY_UNREAD, KIND_READ, KIND_RECALL, account_at, message_at, msg_cols, sql_u64,
@@ -175,20 +176,15 @@ pub(crate) enum SendWritten {
     },
 }
 
-/// The original of a retried message (`sender_uid` is the sender's account).
-fn original(
-    conn: &Connection,
-    sender_uid: i64,
-    msg: &NewMessage,
-) -> StoreResult<Option<SendWritten>> {
+/// The original of a retried message: message `msg_id`, which its key found.
+fn original(conn: &Connection, msg_id: i64) -> StoreResult<SendWritten> {
     conn.prepare_cached(concat!(
         "SELECT ",
         msg_cols!(),
-        ", m.sender_seq FROM messages m \
-         WHERE m.sender_uid = ?1 AND m.msg_seq = ?2 AND m.msg_random = ?3"
+        ", m.sender_seq FROM messages m WHERE m.msg_id = ?1"
     ))
     .and_then(|mut s| {
-        s.query_row(params![sender_uid, msg.msg_seq, msg.msg_random], |r| {
+        s.query_row([msg_id], |r| {
             Ok(SendWritten::Duplicate {
                 message: message_at(r, 0)?,
                 sender_entry_seq: r
@@ -198,7 +194,8 @@ fn original(
         })
         .optional()
     })
-    .map_err(db)
+    .map_err(db)?
+    .ok_or_else(|| StoreError::Backend(format!("message {msg_id}: its key outlived it")))
 }
 
 /// Commits a message (see `Store::send`).
@@ -229,46 +226,49 @@ pub(crate) fn send(tx: &mut Tx<'_, '_>, msg: &NewMessage) -> StoreResult<SendWri
     } else {
         ENTRY_UNREAD
     };
+    // Idempotency (Law 2): a retry gets the original, even when the store
+    // is too busy to take a new message.
+    let key = Key {
+        sender_uid: sender.uid,
+        msg_seq: msg.msg_seq,
+        msg_random: msg.msg_random,
+    };
+    if let Some(msg_id) = tx.find_key(&key)? {
+        return original(tx.conn(), msg_id);
+    }
     if tx.tail_full() {
         return Err(StoreError::Overloaded);
     }
 
-    // Idempotency: the unique key refuses a retry, which then gets the
-    // original. The row also keeps what its entries need for recovery
-    // (`entry_ts`, the recipient's `entry_flags`).
+    // The row also keeps what its entries need for recovery (`entry_ts`,
+    // the recipient's `entry_flags`).
     let msg_id = tx.take_msg_id();
-    let inserted = tx
-        .stmt(
-            "INSERT INTO messages (msg_id, sender_uid, receiver_uid, sender, receiver, msg_seq, \
-               msg_random, msg_time, body, cloud_custom_data, nick, face_url, flags, \
-               sender_seq, recipient_seq, entry_ts, entry_flags) \
-             VALUES (?14, ?11, ?12, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?13, ?15, ?16) \
-             ON CONFLICT (sender_uid, msg_seq, msg_random) DO NOTHING",
-        )?
-        .execute(params![
-            msg.from,
-            msg.to,
-            msg.msg_seq,
-            msg.msg_random,
-            sql_u64(msg.msg_time),
-            msg.body_json,
-            msg.cloud_custom_data,
-            &*sender.nick,
-            &*sender.face_url,
-            sender_seq.map(sql_u64),
-            sender.uid,
-            recipient.uid,
-            sql_u64(recipient_seq),
-            msg_id,
-            sql_u64(msg.now_ms),
-            unread | no_last,
-        ])
-        .map_err(db)?;
-    if inserted == 0 {
-        return original(tx.conn(), sender.uid, msg)?.ok_or_else(|| {
-            StoreError::Backend("a message both exists and does not (unique key)".into())
-        });
-    }
+    tx.stmt(
+        "INSERT INTO messages (msg_id, sender_uid, receiver_uid, sender, receiver, msg_seq, \
+           msg_random, msg_time, body, cloud_custom_data, nick, face_url, flags, \
+           sender_seq, recipient_seq, entry_ts, entry_flags) \
+         VALUES (?14, ?11, ?12, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?13, ?15, ?16)",
+    )?
+    .execute(params![
+        msg.from,
+        msg.to,
+        msg.msg_seq,
+        msg.msg_random,
+        sql_u64(msg.msg_time),
+        msg.body_json,
+        msg.cloud_custom_data,
+        &*sender.nick,
+        &*sender.face_url,
+        sender_seq.map(sql_u64),
+        sender.uid,
+        recipient.uid,
+        sql_u64(recipient_seq),
+        msg_id,
+        sql_u64(msg.now_ms),
+        unread | no_last,
+    ])
+    .map_err(db)?;
+    tx.push_key(key, msg_id);
     let (to, from) = (recipient.uid, sender.uid);
     let entry = |seq: u64, peer_uid: i64, flags: u8| TailEntry {
         seq,
@@ -453,14 +453,22 @@ pub(crate) fn recall(tx: &mut Tx<'_, '_>, req: &RecallRequest) -> StoreResult<Re
     let Some(by) = tx.account(&req.by)? else {
         return Err(StoreError::MessageNotFound);
     };
+    let key = Key {
+        sender_uid: by.uid,
+        msg_seq: seq,
+        msg_random: random,
+    };
+    let Some(msg_id) = tx.find_key(&key)? else {
+        return Err(StoreError::MessageNotFound);
+    };
     let found = tx
         .conn()
         .prepare_cached(
             "SELECT msg_id, receiver, msg_time, flags, sender_seq FROM messages \
-             WHERE sender_uid = ?1 AND msg_seq = ?2 AND msg_random = ?3",
+             WHERE msg_id = ?1",
         )
         .and_then(|mut s| {
-            s.query_row(params![by.uid, seq, random], |r| {
+            s.query_row([msg_id], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
@@ -554,15 +562,15 @@ pub(crate) struct Sweep {
 /// `Store::sweep`).
 ///
 /// Messages are found through their time index, among those whose entries
-/// are merged (the store merges the tail before it sweeps; a message stored
-/// since is not expired); their entries leave their views' chunks with
-/// them. The other entries (recalls, read reports) are found through
+/// are merged and whose idempotency keys are in `message_keys` (the store
+/// merges both before it sweeps; a message stored since is not expired);
+/// their entries leave their views' chunks with them, their keys with them. The other entries (recalls, read reports) are found through
 /// `timeline_events`. A conversation view is derived from its message
 /// entries, so it goes with the last of them; the sweep counts it then,
 /// and removes its read state.
 pub(crate) fn sweep(tx: &mut Tx<'_, '_>, req: &Sweep) -> StoreResult<SweepReport> {
     let chunk = i64::from(req.chunk);
-    let merged_below = tx.merged_below();
+    let settled_below = tx.settled_below();
     let conn = tx.conn();
     // Messages are dated in whole seconds:
     // `msg_time * 1000 < cutoff_ms` is `msg_time < ceil(cutoff_ms / 1000)`.
@@ -581,12 +589,13 @@ pub(crate) fn sweep(tx: &mut Tx<'_, '_>, req: &Sweep) -> StoreResult<SweepReport
     {
         let mut stmt = conn
             .prepare_cached(
-                "SELECT msg_id, sender_uid, sender_seq, receiver_uid, recipient_seq \
+                "SELECT msg_id, sender_uid, sender_seq, receiver_uid, recipient_seq, msg_seq, \
+                        msg_random \
                  FROM messages WHERE msg_time < ?1 AND msg_id < ?3 LIMIT ?2",
             )
             .map_err(db)?;
         let mut rows = stmt
-            .query(params![sql_u64(cutoff_s), chunk, merged_below])
+            .query(params![sql_u64(cutoff_s), chunk, settled_below])
             .map_err(db)?;
         while let Some(r) = rows.next().map_err(db)? {
             let read = || -> rusqlite::Result<_> {
@@ -596,10 +605,18 @@ pub(crate) fn sweep(tx: &mut Tx<'_, '_>, req: &Sweep) -> StoreResult<SweepReport
                     r.get::<_, Option<i64>>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, u32>(5)?,
+                    r.get::<_, u32>(6)?,
                 ))
             };
-            let (msg_id, sender, sender_seq, receiver, recipient_seq) = read().map_err(db)?;
-            expired.push(msg_id);
+            let (msg_id, sender, sender_seq, receiver, recipient_seq, msg_seq, msg_random) =
+                read().map_err(db)?;
+            let key = Key {
+                sender_uid: sender,
+                msg_seq,
+                msg_random,
+            };
+            expired.push((msg_id, key));
             let seq = |s: i64| u64::try_from(s).unwrap_or_default();
             if let Some(s) = sender_seq {
                 views
@@ -630,11 +647,12 @@ pub(crate) fn sweep(tx: &mut Tx<'_, '_>, req: &Sweep) -> StoreResult<SweepReport
     }
     let conn = tx.conn();
     let mut messages = 0u64;
-    for msg_id in &expired {
+    for (msg_id, key) in &expired {
         messages += conn
             .prepare_cached("DELETE FROM messages WHERE msg_id = ?1")
             .and_then(|mut s| s.execute([msg_id]))
             .map_err(db)? as u64;
+        keys::remove(conn, key, *msg_id).map_err(db)?;
     }
     let report = SweepReport {
         entries,

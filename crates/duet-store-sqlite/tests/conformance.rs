@@ -546,6 +546,85 @@ async fn a_write_failing_after_writing_fails_alone() {
     }
 }
 
+/// Rows of `message_keys` and `meta.keys_below`, read behind the store's back.
+fn stored_keys(path: &std::path::Path) -> (i64, Option<String>) {
+    let conn = rusqlite::Connection::open(path).expect("second connection");
+    let rows = conn
+        .query_row("SELECT count(*) FROM message_keys", [], |r| r.get(0))
+        .expect("count keys");
+    let below = conn
+        .query_row("SELECT value FROM meta WHERE key = 'keys_below'", [], |r| {
+            r.get(0)
+        })
+        .ok();
+    (rows, below)
+}
+
+/// Idempotency keys wait in the writer's memory: a store that stops with
+/// keys not yet written loses none (recovery writes them at open), a retry
+/// finds its original wherever its key is, and a swept message takes its
+/// key with it (the same ids then make a new message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_survive_a_stop_and_leave_with_their_messages() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("duet.db");
+    let old = T - 10 * 86_400_000;
+    {
+        let store = SqliteStore::open(options(path.clone(), Merging::Never)).expect("open");
+        for u in ["alice", "bob"] {
+            store.ensure_account(u, T).await.expect("account");
+        }
+        store
+            .send(text("alice", "bob", 1, old))
+            .await
+            .expect("send");
+        store.send(text("bob", "alice", 2, T)).await.expect("send");
+        match store.send(text("alice", "bob", 1, T)).await.expect("retry") {
+            SendOutcome::Duplicate { message, .. } => assert_eq!(message.msg_seq, 1),
+            other => panic!("a retry of a key in memory is a duplicate, got {other:?}"),
+        }
+        store.close();
+    }
+    assert_eq!(
+        stored_keys(&path).0,
+        0,
+        "the keys were only in memory when the store stopped"
+    );
+
+    let store = SqliteStore::open(options(path.clone(), Merging::Never)).expect("reopen");
+    let (rows, below) = stored_keys(&path);
+    assert_eq!(rows, 2, "recovery wrote both keys");
+    assert_eq!(below.as_deref(), Some("3"), "past the newest message");
+    for (from, to, seq) in [("alice", "bob", 1), ("bob", "alice", 2)] {
+        match store.send(text(from, to, seq, T)).await.expect("retry") {
+            SendOutcome::Duplicate { message, .. } => {
+                assert_eq!((message.from.as_str(), message.msg_seq), (from, seq));
+            }
+            other => panic!("a retry after a stop is a duplicate, got {other:?}"),
+        }
+    }
+    let head = store.head("bob").await.expect("head");
+
+    // A new message's key waits in memory; the sweep writes it out first.
+    store.send(text("alice", "bob", 3, T)).await.expect("send");
+    assert_eq!(stored_keys(&path).0, 2);
+    let report = store.sweep(T - 86_400_000, 100).await.expect("sweep");
+    assert_eq!(report.messages, 1, "the old message expired");
+    assert_eq!(
+        stored_keys(&path),
+        (2, Some("4".to_owned())),
+        "the expired message's key left, the new one was written"
+    );
+    match store.send(text("alice", "bob", 1, T)).await.expect("send") {
+        SendOutcome::Stored { recipient_seq, .. } => assert_eq!(recipient_seq, head + 2),
+        other => panic!("the ids of a swept message make a new one, got {other:?}"),
+    }
+    match store.send(text("alice", "bob", 3, T)).await.expect("retry") {
+        SendOutcome::Duplicate { message, .. } => assert_eq!(message.msg_seq, 3),
+        other => panic!("a retry of a written key is a duplicate, got {other:?}"),
+    }
+}
+
 /// While merging fails (here a damaged chunk in one of the views it would
 /// write), entries pile up in the tail until its limit; then sends fail
 /// with `Overloaded` and store nothing. Once the chunk is repaired, merges
