@@ -148,10 +148,10 @@ impl<'c> Tx<'_, 'c> {
 
     /// The message whose idempotency key is `key`: written by this
     /// transaction, held in memory, or in `message_keys`.
-    pub(crate) fn find_key(&self, key: &Key) -> StoreResult<Option<i64>> {
+    pub(crate) fn find_key(&mut self, key: &Key) -> StoreResult<Option<i64>> {
         match self.keys.get(key) {
             Some(msg_id) => Ok(Some(msg_id)),
-            None => keys::stored(self.conn, key).map_err(db),
+            None => keys::find(self.stmts.get(keys::FIND_KEY)?, key).map_err(db),
         }
     }
 
