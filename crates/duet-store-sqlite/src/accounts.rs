@@ -8,8 +8,8 @@
 //! 1. **job**: what the running job changed (at most a few accounts);
 //!    dropped if the job fails, folded into the batch layer if it succeeds;
 //! 2. **batch**: what the batch's successful jobs changed; its heads are
-//!    written to `accounts.head` just before `COMMIT` (one `UPDATE` per
-//!    account per batch), and it is folded into the cache only once that
+//!    written to `heads` just before `COMMIT` (one upsert per account per
+//!    batch), and it is folded into the cache only once that
 //!    `COMMIT` succeeded, or dropped if the batch rolls back;
 //! 3. **cache**: committed state only (Law 3: no cache can roll a number
 //!    back, because numbers reach it only after they are durable).
@@ -26,7 +26,7 @@
 use foldhash::HashMap;
 use std::sync::Arc;
 
-use duet_store::{Account, StoreError, StoreResult};
+use duet_store::{Account, StoreResult};
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::db;
@@ -120,8 +120,8 @@ pub(crate) struct Accounts {
     job: Vec<(String, Pending)>,
 }
 
-const SELECT_STATE: &str =
-    "SELECT uid, head, nick, face_url, created_ms FROM accounts WHERE user_id = ?1";
+const SELECT_STATE: &str = "SELECT a.uid, COALESCE(h.head, 0), a.nick, a.face_url, a.created_ms \
+     FROM accounts a LEFT JOIN heads h ON h.uid = a.uid WHERE a.user_id = ?1";
 
 impl Accounts {
     /// An empty view keeping at most `capacity` committed accounts.
@@ -203,11 +203,14 @@ impl Accounts {
         self.job.clear();
     }
 
-    /// Writes the batch's moved heads to `accounts` (inside the batch's
+    /// Writes the batch's moved heads to `heads` (inside the batch's
     /// transaction, before `COMMIT`).
     pub(crate) fn write_heads(&self, conn: &Connection) -> StoreResult<()> {
         let mut stmt = conn
-            .prepare_cached("UPDATE accounts SET head = ?2 WHERE uid = ?1")
+            .prepare_cached(
+                "INSERT INTO heads (uid, head) VALUES (?1, ?2) \
+                 ON CONFLICT (uid) DO UPDATE SET head = excluded.head",
+            )
             .map_err(db)?;
         // In key order: neighbouring rows share pages.
         let mut dirty: Vec<(i64, u64)> = self
@@ -218,12 +221,7 @@ impl Accounts {
             .collect();
         dirty.sort_unstable();
         for (uid, head) in dirty {
-            let n = stmt.execute([uid, sql_u64(head)]).map_err(db)?;
-            if n != 1 {
-                return Err(StoreError::Backend(format!(
-                    "account {uid} vanished while writing its head"
-                )));
-            }
+            stmt.execute([uid, sql_u64(head)]).map_err(db)?;
         }
         Ok(())
     }
@@ -298,9 +296,10 @@ mod tests {
         conn.execute_batch(
             "CREATE TABLE accounts (uid INTEGER PRIMARY KEY, user_id TEXT NOT NULL UNIQUE, \
              nick TEXT NOT NULL DEFAULT '', \
-             face_url TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL, \
-             head INTEGER NOT NULL DEFAULT 0); \
-             INSERT INTO accounts (user_id, created_ms, head) VALUES ('a', 5, 3);",
+             face_url TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL); \
+             CREATE TABLE heads (uid INTEGER PRIMARY KEY, head INTEGER NOT NULL); \
+             INSERT INTO accounts (user_id, created_ms) VALUES ('a', 5); \
+             INSERT INTO heads (uid, head) SELECT uid, 3 FROM accounts;",
         )
         .expect("schema");
         let mut acc = Accounts::new(100);
@@ -329,9 +328,12 @@ mod tests {
         acc.write_heads(&conn).expect("write heads");
         acc.batch_committed();
         let head: i64 = conn
-            .query_row("SELECT head FROM accounts WHERE user_id = 'a'", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT h.head FROM accounts a JOIN heads h ON h.uid = a.uid \
+                 WHERE a.user_id = 'a'",
+                [],
+                |r| r.get(0),
+            )
             .expect("head");
         assert_eq!(head, 4);
         assert_eq!(acc.cached(), 1);

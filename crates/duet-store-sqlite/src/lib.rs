@@ -9,7 +9,7 @@
 //!   leaves no trace and does not affect the other writes of its batch. A write
 //!   that fails after writing (an I/O error) rolls its batch back, and the
 //!   batch is re-run in parts so that only that write fails.
-//! - **Gap-free timelines (Law 3).** Entry numbers are `accounts.head + 1`,
+//! - **Gap-free timelines (Law 3).** Entry numbers are the account's head + 1,
 //!   taken inside the writing transaction. The writer thread keeps a bounded
 //!   cache of account state (heads, profiles) that only ever holds committed
 //!   values, writes each moved head back once per batch before `COMMIT`, and

@@ -314,8 +314,9 @@ mod tests {
             crate::schema::open_writer(&dir.path().join("duet.db"), 1 << 20).expect("open");
         crate::schema::migrate(&mut conn).expect("migrate");
         conn.execute_batch(
-            "INSERT INTO accounts (uid, user_id, created_ms, head) VALUES \
-               (1, 'alice', 0, 5), (2, 'bob', 0, 5);",
+            "INSERT INTO accounts (uid, user_id, created_ms) VALUES \
+               (1, 'alice', 0), (2, 'bob', 0); \
+             INSERT INTO heads (uid, head) VALUES (1, 5), (2, 5);",
         )
         .expect("accounts");
         (dir, conn)

@@ -17,9 +17,12 @@ use crate::tail::{Tail, UserTail, Visible};
 use crate::{UNREAD_CAP, db};
 
 pub(crate) fn head(conn: &Connection, user: &str) -> rusqlite::Result<u64> {
-    conn.prepare_cached("SELECT head FROM accounts WHERE user_id = ?1")
-        .and_then(|mut s| s.query_row([user], |r| u64_at(r, 0)).optional())
-        .map(Option::unwrap_or_default)
+    conn.prepare_cached(
+        "SELECT COALESCE(h.head, 0) FROM accounts a LEFT JOIN heads h ON h.uid = a.uid \
+         WHERE a.user_id = ?1",
+    )
+    .and_then(|mut s| s.query_row([user], |r| u64_at(r, 0)).optional())
+    .map(Option::unwrap_or_default)
 }
 
 /// The account key of `user` (accounts are never deleted and their keys

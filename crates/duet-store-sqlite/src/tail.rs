@@ -14,7 +14,7 @@
 //!
 //! 1. a batch's entries are published here (as *pending*) before its
 //!    `COMMIT`, marked committed right after it, and retracted if it fails:
-//!    whoever learned of a committed entry (its number from `accounts.head`,
+//!    whoever learned of a committed entry (its number from `heads`,
 //!    an ack, a live delivery) finds it here or in `chunks`;
 //! 2. a merge writes a prefix of an account's entries into `chunks` in a
 //!    transaction, and only once that committed drops them from here.

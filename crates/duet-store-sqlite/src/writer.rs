@@ -17,7 +17,7 @@
 //! batch. Jobs are therefore re-runnable: they read their input by reference.
 //!
 //! **Timeline heads** come from [`Accounts`], the writer's cache of account
-//! state; they are written back to `accounts.head` once per account per batch,
+//! state; they are written back to `heads` once per account per batch,
 //! inside the batch's transaction (Law 3). `PRAGMA data_version` is checked at
 //! each `BEGIN`: if any other connection wrote, the cache is dropped.
 //!
@@ -1327,7 +1327,10 @@ mod tests {
     fn heads(f: &Fixture) -> Vec<(String, i64)> {
         let conn = Connection::open(&f.path).expect("open");
         let mut stmt = conn
-            .prepare("SELECT user_id, head FROM accounts ORDER BY user_id")
+            .prepare(
+                "SELECT a.user_id, COALESCE(h.head, 0) FROM accounts a \
+                 LEFT JOIN heads h ON h.uid = a.uid ORDER BY a.user_id",
+            )
             .expect("prepare");
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .expect("query")

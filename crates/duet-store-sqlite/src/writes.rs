@@ -33,8 +33,8 @@ use crate::rows::{
 use crate::tail::TailEntry;
 use crate::writer::Tx;
 
-const SELECT_ACCOUNT: &str =
-    "SELECT user_id, nick, face_url, created_ms, head FROM accounts WHERE user_id = ?1";
+const SELECT_ACCOUNT: &str = "SELECT a.user_id, a.nick, a.face_url, a.created_ms, \
+     COALESCE(h.head, 0) FROM accounts a LEFT JOIN heads h ON h.uid = a.uid WHERE a.user_id = ?1";
 
 /// The account and its timeline head, if it exists (the read path).
 pub(crate) fn account(conn: &Connection, user: &str) -> rusqlite::Result<Option<(Account, u64)>> {

@@ -391,11 +391,13 @@ async fn writes_by_another_connection_are_seen() {
     other
         .execute_batch(
             "BEGIN IMMEDIATE;
-             UPDATE accounts SET head = head + 1 WHERE user_id = 'bob';
+             INSERT INTO heads (uid, head)
+               SELECT uid, 1 FROM accounts WHERE user_id = 'bob'
+               ON CONFLICT (uid) DO UPDATE SET head = head + 1;
              INSERT INTO timeline (uid, seq, ts, kind, peer_uid, payload)
-               SELECT uid, head, 0, 2, (SELECT uid FROM accounts WHERE user_id = 'alice'),
+               SELECT a.uid, h.head, 0, 2, (SELECT uid FROM accounts WHERE user_id = 'alice'),
                       '{\"reader\":\"bob\",\"peer\":\"alice\",\"read_time\":0}'
-               FROM accounts WHERE user_id = 'bob';
+               FROM accounts a JOIN heads h ON h.uid = a.uid WHERE a.user_id = 'bob';
              UPDATE accounts SET nick = 'Alice2' WHERE user_id = 'alice';
              COMMIT;",
         )
