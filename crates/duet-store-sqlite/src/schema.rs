@@ -392,9 +392,11 @@ INSERT INTO meta (key, value)
 ///
 /// Every batch writes back the head of each account it moved (two per
 /// message). In `accounts` a head shares its row with the UserID and the
-/// profile, so a batch dirtied most of the table's pages (with 1,000 busy
-/// accounts, about 8 of a commit's 9 WAL frames); `heads` holds only
-/// `(uid, head)`, several hundred to a page. An account without a row has
+/// profile, so a batch dirtied pages spread over that wider table; `heads`
+/// holds only `(uid, head)`, several hundred to a page. Measured at 25,000
+/// sends/s over 1,000 accounts: 1.1 WAL frames per commit for `heads`
+/// against 1.2–1.4 for `accounts`, of ~5.6 in all (a small gain; the p99 of
+/// four interleaved pairs was 4.5 against 5.5 ms). An account without a row has
 /// head 0 (readers join with `LEFT JOIN … COALESCE`); the writer inserts the
 /// row with the account's first entry.
 const MIGRATION_7: &str = "
