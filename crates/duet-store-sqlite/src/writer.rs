@@ -834,24 +834,10 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// Between checkpoints when no commit asks for one.
 const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
 
-/// What the writer and the checkpointer thread tell each other.
-#[derive(Default)]
-struct CheckpointState {
-    /// Commits so far: the checkpointer runs when it changes.
-    commits: u64,
-    /// The checkpointer is to make a last checkpoint and stop.
-    stop: bool,
-    /// The checkpointer is waiting for a commit. Only then does a commit
-    /// wake it: while it rests between checkpoints, a wake-up per commit
-    /// (over a thousand a second under load) would only put it back to sleep.
-    waiting: bool,
-    /// Background checkpoints run so far.
-    passes: u64,
-}
-
 /// State shared by the writer and the checkpointer thread.
 struct CheckpointShared {
-    state: Mutex<CheckpointState>,
+    /// Commits so far (the checkpointer runs when it changes), and the stop flag.
+    state: Mutex<(u64, bool)>,
     wake: Condvar,
     /// Held while a checkpoint runs, by either thread.
     running: Mutex<()>,
@@ -874,14 +860,11 @@ impl CheckpointShared {
     /// checkpointer has not copied yet, and its next commit starts the WAL over
     /// (Law 6: the WAL stays bounded whatever the checkpointer's pace).
     fn after_commit(&self, conn: &Connection) {
-        let waiting = {
+        {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.commits = state.commits.wrapping_add(1);
-            state.waiting
-        };
-        if waiting {
-            self.wake.notify_one();
+            state.0 = state.0.wrapping_add(1);
         }
+        self.wake.notify_one();
         let wal_len = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
         if wal_len > self.wal_limit {
             self.checkpoint(conn, "writer");
@@ -927,7 +910,7 @@ impl Checkpointer {
         let mut wal_path = path.as_os_str().to_owned();
         wal_path.push("-wal");
         let shared = Arc::new(CheckpointShared {
-            state: Mutex::new(CheckpointState::default()),
+            state: Mutex::new((0, false)),
             wake: Condvar::new(),
             running: Mutex::new(()),
             wal_path: PathBuf::from(wal_path),
@@ -953,7 +936,7 @@ impl Checkpointer {
                 .state
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            state.stop = true;
+            state.1 = true;
         }
         self.shared.wake.notify_one();
         if let Some(handle) = thread.take()
@@ -970,15 +953,15 @@ fn checkpoint_loop(conn: &Connection, shared: &CheckpointShared) {
     let mut seen = 0;
     loop {
         let stop = {
-            let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.waiting = true;
-            let (mut state, _) = shared
+            let state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let (state, _) = shared
                 .wake
-                .wait_timeout_while(state, CHECKPOINT_IDLE, |st| st.commits == seen && !st.stop)
+                .wait_timeout_while(state, CHECKPOINT_IDLE, |(commits, stop)| {
+                    *commits == seen && !*stop
+                })
                 .unwrap_or_else(PoisonError::into_inner);
-            state.waiting = false;
-            seen = state.commits;
-            state.stop
+            seen = state.0;
+            state.1
         };
         let started = Instant::now();
         shared.checkpoint(conn, "checkpointer");
@@ -986,13 +969,12 @@ fn checkpoint_loop(conn: &Connection, shared: &CheckpointShared) {
             break;
         }
         // Rest until the interval is over, unless told to stop.
-        let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.passes += 1;
+        let state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         let rest = CHECKPOINT_INTERVAL.saturating_sub(started.elapsed());
         drop(
             shared
                 .wake
-                .wait_timeout_while(state, rest, |st| !st.stop)
+                .wait_timeout_while(state, rest, |(_, stop)| !*stop)
                 .unwrap_or_else(PoisonError::into_inner),
         );
     }
@@ -1505,55 +1487,6 @@ mod tests {
         );
         f.writer.close();
         assert_eq!(f.count("SELECT count(*) FROM t"), 400);
-    }
-
-    /// A commit wakes the checkpointer when it waits for one (it does not
-    /// wait for its idle timeout); commits during its rest do not wake it.
-    #[test]
-    fn a_commit_wakes_the_waiting_checkpointer() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        let f = fixture(16);
-        let passes = || {
-            f.writer
-                .checkpointer
-                .shared
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .passes
-        };
-        // The first pass comes by the idle timeout; then the checkpointer
-        // rests for the interval, and waits for a commit after it.
-        let deadline = Instant::now() + 5 * CHECKPOINT_IDLE;
-        while passes() == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(passes(), 1, "the idle pass ran");
-        std::thread::sleep(CHECKPOINT_INTERVAL + Duration::from_millis(100));
-        assert!(
-            f.writer
-                .checkpointer
-                .shared
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .waiting,
-            "past its rest, the checkpointer waits for a commit"
-        );
-        let committed = Instant::now();
-        rt.block_on(f.writer.write(1, insert_ok)).expect("write");
-        while passes() == 1 && committed.elapsed() < 5 * CHECKPOINT_IDLE {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(passes(), 2, "the commit was checkpointed");
-        assert!(
-            committed.elapsed() < CHECKPOINT_IDLE / 2,
-            "woken by the commit, not by its idle timeout ({:?})",
-            committed.elapsed()
-        );
-        f.writer.close();
     }
 
     /// `close` stops both threads and is idempotent.
