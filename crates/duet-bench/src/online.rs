@@ -38,6 +38,8 @@ pub async fn pair_up(target: &Target, tag: &str, count: usize) -> Result<Vec<Loa
 
 /// The server's histogram of `send` requests.
 const SEND_SERIES: (&str, &str) = ("duet_request_seconds", "kind=\"send\",");
+/// The server's histogram of jobs per group commit (one observation per commit).
+const COMMIT_SERIES: (&str, &str) = ("duet_commit_batch_size", "");
 
 /// A server histogram as the summary reports it, in ms.
 pub fn server_latency(h: &Buckets) -> ServerLatency {
@@ -100,19 +102,23 @@ fn cpu_us_per_msg(pct: Option<f64>, acked: u64, secs: f64) -> Option<f64> {
 /// Runs the scenario.
 pub async fn run(target: &Target, users: usize, spec: &LoadSpec, s: &mut Summary) -> Result<()> {
     let users = pair_up(target, "o", users).await?;
-    // The server's own send latency, from the end of the warm-up to the end
-    // of the run (its /metrics histogram, every node summed).
-    let (name, labels) = SEND_SERIES;
+    // The server's own send latency and its group commits, from the end of
+    // the warm-up to the end of the run (its /metrics histograms, every node
+    // summed).
+    let series = [SEND_SERIES, COMMIT_SERIES];
     let warmup = spec.warmup;
     let before = async {
         tokio::time::sleep(warmup).await;
-        scrape::series(&target.server, name, labels).await
+        scrape::several(&target.server, series).await
     };
     let (r, before) = tokio::join!(load::run(users, spec, Rc::new(Cell::new(false))), before);
-    let after = scrape::series(&target.server, name, labels).await;
+    let after = scrape::several(&target.server, series).await;
     report(r, s);
     s.server_send_ms = match (before, after) {
-        (Some(b), Some(a)) => Some(server_latency(&a.since(&b))),
+        (Some([send_b, commit_b]), Some([send_a, commit_a])) => {
+            s.server_group_commits = Some(commit_a.since(&commit_b).count());
+            Some(server_latency(&send_a.since(&send_b)))
+        }
         _ => {
             s.notes
                 .push("no server-side send latency (/metrics not readable)".into());

@@ -163,6 +163,10 @@ pub struct Summary {
     /// from the end of the warm-up to the end of the run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_send_ms: Option<ServerLatency>,
+    /// Group commits (transactions of sends) the server made in the same
+    /// window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_group_commits: Option<u64>,
     /// The same pages as the server timed them (its `/metrics` histogram
     /// over the paging window: bucket bounds, not exact quantiles).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -319,6 +323,7 @@ impl Summary {
         u("duplicated", self.duplicated);
         u("out of order", self.out_of_order);
         u("out of commit order", self.out_of_commit_order);
+        u("group commits (server)", self.server_group_commits);
         u("send errors", self.send_errors);
         u("unacked", self.unacked);
         u("disconnects", self.disconnects);

@@ -32,12 +32,24 @@ pub async fn get(server: &str, path: &str) -> Result<String> {
 /// One series summed over every node of `servers` (comma-separated base
 /// URLs); `None` if a node's `/metrics` cannot be read.
 pub async fn series(servers: &str, name: &str, labels: &str) -> Option<Buckets> {
-    let mut sum = Buckets::default();
+    let [sum] = several(servers, [(name, labels)]).await?;
+    Some(sum)
+}
+
+/// Several series (`(name, labels)` as for [`Buckets::parse`]), each summed
+/// over every node, from one read of each node's `/metrics`.
+pub async fn several<const N: usize>(
+    servers: &str,
+    wanted: [(&str, &str); N],
+) -> Option<[Buckets; N]> {
+    let mut sums = std::array::from_fn(|_| Buckets::default());
     for node in servers.split(',').map(str::trim) {
         let text = get(node, "/metrics").await.ok()?;
-        sum = sum.plus(&Buckets::parse(&text, name, labels));
+        for (sum, (name, labels)) in sums.iter_mut().zip(wanted) {
+            *sum = sum.plus(&Buckets::parse(&text, name, labels));
+        }
     }
-    Some(sum)
+    Some(sums)
 }
 
 /// Cumulative bucket counts of one histogram series, by upper bound.
@@ -197,6 +209,16 @@ duet_request_seconds_bucket{kind=\"history\",le=\"+Inf\"} 100
         assert_eq!(d.quantile_bound(0.5), Some(0.001));
         assert_eq!(d.quantile_bound(0.95), Some(0.005));
         assert_eq!(Buckets::default().quantile_bound(0.5), None);
+    }
+
+    #[test]
+    fn parses_a_series_without_labels() {
+        let text = "duet_commit_batch_size_bucket{le=\"1\"} 4\n\
+                    duet_commit_batch_size_bucket{le=\"+Inf\"} 6\n\
+                    duet_commit_batch_size_count 6\n";
+        let h = Buckets::parse(text, "duet_commit_batch_size", "");
+        assert_eq!(h.count(), 6);
+        assert_eq!(h.quantile_bound(0.5), Some(1.0));
     }
 
     #[test]
